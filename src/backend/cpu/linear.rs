@@ -1,0 +1,263 @@
+//! The GEMM family on the CPU: `y = x · wᵀ` for FP8 block-scaled, BF16, F16 and F32 weights.
+//!
+//! Packed weights stay in the checkpoint's mapping and are dequantized tile by tile into scratch
+//! (never a full f32 copy). Few rows (decode) take a row-parallel dot-product path; many rows
+//! (prefill) dequantize a tile of weight rows and hand it to the `gemm` crate. Both accumulate
+//! in f32; FP8 activations are rounded through e4m3 per 1x128 group first, so
+//! `Σ_k x'·w'` with `x' = q_x·s_x`, `w' = q_w·s_w` equals DeepSeek's block-scaled sum up to f32
+//! rounding.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::scratch::Pool;
+use super::simd::{dot, SharedMut};
+use crate::error::{ensure_shape, Error, Result};
+use crate::fp8::{round_trip_row, ScaleFmt, E4M3_TO_F32};
+use crate::model::config::FP8_BLOCK;
+use crate::model::weights::{blocks, Bytes, DType, HostLinear};
+
+/// Below this many activation rows, weights are consumed row by row with dot products.
+const SMALL_M: usize = 8;
+/// Weight rows dequantized per tile on the GEMM path.
+const TILE_ROWS: usize = 64;
+/// Roughly the multiply-adds one parallel task should carry to be worth its scheduling.
+const TASK_WORK: usize = 1 << 16;
+
+enum Packed {
+    F32(Vec<f32>),
+    Bf16(Bytes),
+    F16(Bytes),
+    /// e4m3 codes with one scale per 128x128 block, `[blocks(rows), blocks(cols)]`.
+    Fp8 {
+        codes: Bytes,
+        scales: Vec<f32>,
+    },
+}
+
+/// A projection weight `[rows, cols]` (out, in) in its checkpoint format.
+pub struct CpuLinear {
+    rows: usize,
+    cols: usize,
+    data: Packed,
+}
+
+impl CpuLinear {
+    pub fn new(w: &HostLinear) -> Result<Self> {
+        let t = &w.weight;
+        if t.shape.len() != 2 {
+            return Err(Error::shape("load_linear", format!("`{}` is not 2-D: {:?}", t.name, t.shape)));
+        }
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let data = match t.dtype {
+            // f32 is copied: the mapping gives no alignment guarantee and these are small.
+            DType::F32 => Packed::F32(t.to_f32()),
+            DType::Bf16 => Packed::Bf16(t.bytes.clone()),
+            DType::F16 => Packed::F16(t.bytes.clone()),
+            DType::F8E4M3 => {
+                let scales = w.scale_inv.clone().ok_or_else(|| {
+                    Error::shape("load_linear", format!("FP8 weight `{}` has no block scales", t.name))
+                })?;
+                ensure_shape(scales.len() == blocks(rows) * blocks(cols), "load_linear", || {
+                    format!("`{}` needs {}x{} block scales, got {}", t.name, blocks(rows), blocks(cols), scales.len())
+                })?;
+                Packed::Fp8 { codes: t.bytes.clone(), scales }
+            }
+        };
+        Ok(CpuLinear { rows, cols, data })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn is_fp8(&self) -> bool {
+        matches!(self.data, Packed::Fp8 { .. })
+    }
+
+    /// Rows `r0..r0 + out.len() / cols` as f32.
+    pub fn dequant_rows(&self, r0: usize, out: &mut [f32]) {
+        let k = self.cols;
+        let n = out.len() / k;
+        let range = r0 * k..(r0 + n) * k;
+        match &self.data {
+            Packed::F32(v) => out.copy_from_slice(&v[range]),
+            Packed::Bf16(b) => {
+                let b = &b.as_slice()[range.start * 2..range.end * 2];
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Packed::F16(b) => {
+                let b = &b.as_slice()[range.start * 2..range.end * 2];
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Packed::Fp8 { codes, scales } => {
+                let codes = codes.as_slice();
+                let kb = blocks(k);
+                for (i, orow) in out.chunks_exact_mut(k).enumerate() {
+                    let r = r0 + i;
+                    let crow = &codes[r * k..(r + 1) * k];
+                    let srow = &scales[(r / FP8_BLOCK) * kb..(r / FP8_BLOCK + 1) * kb];
+                    for ((o, c), &s) in orow.chunks_mut(FP8_BLOCK).zip(crow.chunks(FP8_BLOCK)).zip(srow) {
+                        for (o, &c) in o.iter_mut().zip(c) {
+                            *o = E4M3_TO_F32[c as usize] * s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row `r` as f32: borrowed for f32 weights, dequantized into `buf` otherwise.
+    fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        match &self.data {
+            Packed::F32(v) => &v[r * self.cols..(r + 1) * self.cols],
+            _ => {
+                self.dequant_rows(r, &mut buf[..self.cols]);
+                &buf[..self.cols]
+            }
+        }
+    }
+}
+
+/// Rows of `x` rounded through e4m3 per 1x128 group, as FP8 GEMM inputs see them.
+pub fn quantize_rows(x: &[f32], k: usize, fmt: ScaleFmt, out: &mut [f32]) {
+    out.copy_from_slice(x);
+    for row in out.chunks_mut(k) {
+        round_trip_row(row, FP8_BLOCK, fmt);
+    }
+}
+
+/// `out[m, rows] = x[m, cols] · wᵀ`.
+pub fn linear(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, quant: Option<ScaleFmt>, out: &mut [f32]) -> Result<()> {
+    let (n, k) = (w.rows, w.cols);
+    ensure_shape(x.len() == m * k && out.len() == m * n, "linear", || {
+        format!("x has {} values for [{m}, {k}], out {} for [{m}, {n}]", x.len(), out.len())
+    })?;
+    if m == 0 {
+        return Ok(());
+    }
+    let mut xq = None;
+    if let (Some(fmt), true) = (quant, w.is_fp8()) {
+        let mut buf = pool.take(m * k);
+        quantize_rows(x, k, fmt, &mut buf);
+        xq = Some(buf);
+    }
+    let x = xq.as_deref().unwrap_or(x);
+    if m < SMALL_M {
+        linear_rows(pool, x, m, w, out);
+    } else {
+        linear_tiles(pool, x, m, w, out);
+    }
+    Ok(())
+}
+
+/// Few activation rows: each weight row is visited once and dotted with every activation row.
+fn linear_rows(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    let rows_per_task = (TASK_WORK / (k * m).max(1)).clamp(1, n);
+    let dst = SharedMut::new(out);
+    let task = |r0: usize| {
+        let r1 = (r0 + rows_per_task).min(n);
+        let mut buf = pool.take(k);
+        for r in r0..r1 {
+            let wr = w.row(r, &mut buf);
+            for i in 0..m {
+                // SAFETY: element (i, r) belongs to this task's rows alone.
+                unsafe { dst.slice(i * n + r, 1)[0] = dot(&x[i * k..(i + 1) * k], wr) };
+            }
+        }
+    };
+    if n <= rows_per_task {
+        task(0);
+    } else {
+        (0..n).step_by(rows_per_task).collect::<Vec<_>>().into_par_iter().for_each(task);
+    }
+}
+
+/// Many activation rows: f32 weights go straight to `gemm`; packed ones tile by tile.
+fn linear_tiles(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    if let Packed::F32(wv) = &w.data {
+        let threads = if m * n * k >= TASK_WORK * 4 { rayon::current_num_threads() } else { 1 };
+        // SAFETY: shapes were checked by `linear`; strides describe x [m,k], wᵀ [k,n], out [m,n].
+        unsafe { gemm_into(out.as_mut_ptr(), n, x, m, k, wv, n, threads) };
+        return;
+    }
+    let dst = SharedMut::new(out);
+    let tiles: Vec<usize> = (0..n).step_by(TILE_ROWS).collect();
+    let task = |&r0: &usize| {
+        let rows = TILE_ROWS.min(n - r0);
+        let mut tile = pool.take(rows * k);
+        w.dequant_rows(r0, &mut tile);
+        // SAFETY: this task writes only columns r0..r0 + rows of out.
+        unsafe { gemm_into(dst.ptr().add(r0), n, x, m, k, &tile, rows, 1) };
+    };
+    if tiles.len() == 1 || m * n * k < TASK_WORK * 4 {
+        tiles.iter().for_each(task);
+    } else {
+        tiles.par_iter().for_each(task);
+    }
+}
+
+/// `dst[m, n] = x[m, k] · wᵀ` for `w` row-major `[n, k]`, `dst` with row stride `dst_rs`.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m` rows of `n` values at row stride `dst_rs`, and `x`,
+/// `w` must hold `m * k` and `n * k` values.
+pub unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    threads: usize,
+) {
+    debug_assert!(x.len() >= m * k && w.len() >= n * k);
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        x.as_ptr(),
+        1,
+        k as isize,
+        w.as_ptr(),
+        k as isize,
+        1,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+/// Rows `ids` of the table.
+pub fn embedding(table: &CpuLinear, ids: &[u32], out: &mut [f32]) -> Result<()> {
+    let d = table.cols;
+    ensure_shape(out.len() == ids.len() * d, "embedding", || {
+        format!("out has {} values for {} ids of width {d}", out.len(), ids.len())
+    })?;
+    for (&id, row) in ids.iter().zip(out.chunks_exact_mut(d)) {
+        if id as usize >= table.rows {
+            return Err(Error::Input(format!("token id {id} is outside the vocabulary ({})", table.rows)));
+        }
+        table.dequant_rows(id as usize, row);
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The CPU backend: every kernel family in f32 with rayon, the GEMMs on the `gemm` crate.
+//! It is both a product (serving on machines without a GPU) and the reference the GPU kernels
+//! are tested against.
+
+pub mod attention;
+pub mod elementwise;
+pub mod indexer;
+pub mod linear;
+pub mod moe;
+pub mod norm;
+pub mod rope;
+pub mod scratch;
+pub mod simd;
+
+use crate::backend::{Backend, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
+use crate::error::{ensure_shape, Result};
+use crate::fp8::ScaleFmt;
+use crate::model::weights::{HostLinear, HostTensor};
+use crate::tensor::{IntTensor, Tensor};
+
+pub use linear::CpuLinear;
+pub use moe::CpuExpert;
+
+#[derive(Default)]
+pub struct CpuBackend {
+    pool: scratch::Pool,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Tensor<CpuBackend> {
+    /// The values, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.buf
+    }
+
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
+
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        ensure_shape(data.len() == rows * cols, "from_vec", || format!("{} values for [{rows}, {cols}]", data.len()))?;
+        Ok(Tensor { buf: data, rows, cols })
+    }
+}
+
+impl IntTensor<CpuBackend> {
+    pub fn data(&self) -> &[i32] {
+        &self.buf
+    }
+
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<i32>) -> Result<Self> {
+        ensure_shape(data.len() == rows * cols, "from_vec", || format!("{} values for [{rows}, {cols}]", data.len()))?;
+        Ok(IntTensor { buf: data, rows, cols })
+    }
+}
+
+fn same_shape(a: &Tensor<CpuBackend>, b: &Tensor<CpuBackend>, op: &'static str) -> Result<()> {
+    ensure_shape(a.shape() == b.shape(), op, || format!("{:?} vs {:?}", a.shape(), b.shape()))
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Ints = Vec<i32>;
+    type Linear = CpuLinear;
+    type Experts = Vec<CpuExpert>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>> {
+        Ok(Tensor { buf: vec![0.0; rows * cols], rows, cols })
+    }
+
+    fn resize(&self, t: &mut Tensor<Self>, rows: usize, cols: usize) -> Result<()> {
+        t.buf.resize(rows * cols, 0.0);
+        t.rows = rows;
+        t.cols = cols;
+        Ok(())
+    }
+
+    fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
+        ensure_shape(data.len() == t.buf.len(), "write", || format!("{} values into {:?}", data.len(), t.shape()))?;
+        t.buf.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
+        Ok(t.buf.clone())
+    }
+
+    fn int_zeros(&self, rows: usize, cols: usize) -> Result<IntTensor<Self>> {
+        Ok(IntTensor { buf: vec![0; rows * cols], rows, cols })
+    }
+
+    fn resize_ints(&self, t: &mut IntTensor<Self>, rows: usize, cols: usize) -> Result<()> {
+        t.buf.resize(rows * cols, 0);
+        t.rows = rows;
+        t.cols = cols;
+        Ok(())
+    }
+
+    fn read_ints(&self, t: &IntTensor<Self>) -> Result<Vec<i32>> {
+        Ok(t.buf.clone())
+    }
+
+    fn copy_rows(
+        &self,
+        src: &Tensor<Self>,
+        src_row: usize,
+        dst: &mut Tensor<Self>,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<()> {
+        let c = src.cols;
+        ensure_shape(dst.cols == c && src_row + n <= src.rows && dst_row + n <= dst.rows, "copy_rows", || {
+            format!("rows {src_row}+{n} of {:?} to row {dst_row} of {:?}", src.shape(), dst.shape())
+        })?;
+        dst.buf[dst_row * c..(dst_row + n) * c].copy_from_slice(&src.buf[src_row * c..(src_row + n) * c]);
+        Ok(())
+    }
+
+    fn load_linear(&self, w: &HostLinear) -> Result<CpuLinear> {
+        CpuLinear::new(w)
+    }
+
+    fn load_vector(&self, v: &HostTensor) -> Result<Tensor<Self>> {
+        let data = v.to_f32();
+        let n = data.len();
+        Tensor::from_vec(1, n, data)
+    }
+
+    fn load_experts(&self, experts: &[HostExpert]) -> Result<Vec<CpuExpert>> {
+        experts.iter().map(CpuExpert::new).collect()
+    }
+
+    fn linear(&self, x: &Tensor<Self>, w: &CpuLinear, quant: Option<ScaleFmt>, out: &mut Tensor<Self>) -> Result<()> {
+        ensure_shape(x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(), "linear", || {
+            format!("x {:?} · w [{}, {}]ᵀ into {:?}", x.shape(), w.rows(), w.cols(), out.shape())
+        })?;
+        linear::linear(&self.pool, &x.buf, x.rows, w, quant, &mut out.buf)
+    }
+
+    fn embedding(&self, table: &CpuLinear, ids: &[u32], out: &mut Tensor<Self>) -> Result<()> {
+        ensure_shape(out.rows == ids.len() && out.cols == table.cols(), "embedding", || {
+            format!("{} ids into {:?}", ids.len(), out.shape())
+        })?;
+        linear::embedding(table, ids, &mut out.buf)
+    }
+
+    fn route(
+        &self,
+        logits: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        params: RouterParams,
+        idx: &mut IntTensor<Self>,
+        weights: &mut Tensor<Self>,
+    ) -> Result<()> {
+        ensure_shape(
+            logits.cols == bias.buf.len()
+                && idx.rows == logits.rows
+                && weights.rows == logits.rows
+                && idx.cols == params.top_k
+                && weights.cols == params.top_k,
+            "route",
+            || {
+                format!(
+                    "logits {:?}, bias {}, idx [{}, {}], weights {:?}",
+                    logits.shape(),
+                    bias.buf.len(),
+                    idx.rows,
+                    idx.cols,
+                    weights.shape()
+                )
+            },
+        )?;
+        moe::route(&logits.buf, &bias.buf, params, &mut idx.buf, &mut weights.buf)
+    }
+
+    fn moe_experts(
+        &self,
+        x: &Tensor<Self>,
+        experts: &Vec<CpuExpert>,
+        idx: &IntTensor<Self>,
+        weights: &Tensor<Self>,
+        quant: Option<ScaleFmt>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        ensure_shape(idx.rows == x.rows && weights.rows == x.rows && idx.cols == weights.cols, "moe_experts", || {
+            format!("x {:?}, idx [{}, {}], weights {:?}", x.shape(), idx.rows, idx.cols, weights.shape())
+        })?;
+        same_shape(x, out, "moe_experts")?;
+        moe::moe_experts(&self.pool, &x.buf, experts, &idx.buf, &weights.buf, quant, &mut out.buf)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Tensor<Self>,
+        col0: usize,
+        w: &Tensor<Self>,
+        eps: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        ensure_shape(out.rows == x.rows && out.cols == w.buf.len(), "rms_norm", || {
+            format!("x {:?}, weight {}, out {:?}", x.shape(), w.buf.len(), out.shape())
+        })?;
+        norm::rms_norm(&x.buf, x.cols, col0, &w.buf, eps, &mut out.buf)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut Tensor<Self>,
+        delta: &Tensor<Self>,
+        w: &Tensor<Self>,
+        eps: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        same_shape(residual, delta, "add_rms_norm")?;
+        same_shape(residual, out, "add_rms_norm")?;
+        norm::add_rms_norm(&mut residual.buf, &delta.buf, &w.buf, eps, &mut out.buf)
+    }
+
+    fn layer_norm(&self, x: &mut Tensor<Self>, w: &Tensor<Self>, b: &Tensor<Self>, eps: f32) -> Result<()> {
+        ensure_shape(x.cols == w.buf.len(), "layer_norm", || format!("x {:?}, weight {}", x.shape(), w.buf.len()))?;
+        norm::layer_norm(&mut x.buf, &w.buf, &b.buf, eps)
+    }
+
+    fn rope(&self, x: &mut Tensor<Self>, heads: HeadCols, cos_sin: &Tensor<Self>, layout: RopeLayout) -> Result<()> {
+        ensure_shape(cos_sin.rows == x.rows && cos_sin.cols == heads.dim, "rope", || {
+            format!("x {:?}, cos_sin {:?}, heads {heads:?}", x.shape(), cos_sin.shape())
+        })?;
+        rope::rope(&mut x.buf, x.cols, heads, &cos_sin.buf, layout)
+    }
+
+    fn silu_mul(&self, gate: &mut Tensor<Self>, up: &Tensor<Self>) -> Result<()> {
+        same_shape(gate, up, "silu_mul")?;
+        elementwise::silu_mul(&mut gate.buf, &up.buf)
+    }
+
+    fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()> {
+        same_shape(acc, x, "add_assign")?;
+        elementwise::add_assign(&mut acc.buf, &x.buf)
+    }
+
+    fn fp8_round(&self, x: &mut Tensor<Self>, segment: usize, fmt: ScaleFmt) -> Result<()> {
+        ensure_shape(segment > 0 && x.cols % segment == 0, "fp8_round", || {
+            format!("{:?} in segments of {segment}", x.shape())
+        })?;
+        elementwise::fp8_round(&mut x.buf, segment, fmt)
+    }
+
+    fn hadamard(&self, x: &mut Tensor<Self>, dim: usize) -> Result<()> {
+        ensure_shape(dim > 0 && x.cols % dim == 0, "hadamard", || format!("{:?} in segments of {dim}", x.shape()))?;
+        elementwise::hadamard(&mut x.buf, dim)
+    }
+
+    fn argmax(&self, logits: &Tensor<Self>) -> Result<Vec<u32>> {
+        ensure_shape(logits.cols > 0, "argmax", || "no columns".into())?;
+        Ok(elementwise::argmax(&logits.buf, logits.cols))
+    }
+
+    fn kv_store(
+        &self,
+        cache: &mut Tensor<Self>,
+        slots: &[u32],
+        src: &Tensor<Self>,
+        src_col: usize,
+        dst_col: usize,
+        n: usize,
+    ) -> Result<()> {
+        elementwise::kv_store(&mut cache.buf, cache.cols, slots, &src.buf, src.cols, src_col, dst_col, n)
+    }
+
+    fn kv_gather(&self, cache: &Tensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()> {
+        elementwise::kv_gather(&cache.buf, cache.cols, slots, col, &mut dst.buf, dst.cols)
+    }
+
+    fn absorb_q(&self, q: &Tensor<Self>, kv_b: &CpuLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
+        ensure_shape(
+            q.cols == dims.heads * dims.qk() && out.rows <= q.rows && out.cols == dims.heads * dims.latent(),
+            "absorb_q",
+            || format!("q {:?}, out {:?}, dims {dims:?}", q.shape(), out.shape()),
+        )?;
+        attention::absorb_q(&self.pool, &q.buf, kv_b, dims, out.rows, &mut out.buf)
+    }
+
+    fn mla_decode(
+        &self,
+        q_lat: &Tensor<Self>,
+        cache: &Tensor<Self>,
+        queries: Queries,
+        pages: Pages,
+        topk: Option<&IntTensor<Self>>,
+        scale: f32,
+        dims: MlaDims,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        ensure_shape(cache.cols == dims.latent(), "mla_decode", || {
+            format!("cache {:?}, dims {dims:?}", cache.shape())
+        })?;
+        let topk = topk.map(|t| (t.buf.as_slice(), t.cols));
+        attention::mla_decode(&self.pool, &q_lat.buf, &cache.buf, queries, pages, topk, scale, dims, &mut out.buf)
+    }
+
+    fn absorb_out(&self, o_lat: &Tensor<Self>, kv_b: &CpuLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
+        ensure_shape(out.rows == o_lat.rows, "absorb_out", || {
+            format!("o_lat {:?}, out {:?}", o_lat.shape(), out.shape())
+        })?;
+        attention::absorb_out(&self.pool, &o_lat.buf, kv_b, dims, o_lat.rows, &mut out.buf)
+    }
+
+    fn mla_prefill(
+        &self,
+        q: &Tensor<Self>,
+        kv: &Tensor<Self>,
+        kpe: &Tensor<Self>,
+        seqs: &[PrefillSeq],
+        topk: Option<&IntTensor<Self>>,
+        scale: f32,
+        dims: MlaDims,
+        out: &mut Tensor<Self>,
+    ) -> Result<()> {
+        let topk = topk.map(|t| (t.buf.as_slice(), t.cols));
+        attention::mla_prefill(&self.pool, &q.buf, &kv.buf, &kpe.buf, seqs, topk, scale, dims, &mut out.buf)
+    }
+
+    fn indexer_topk(
+        &self,
+        q: &Tensor<Self>,
+        weights: &Tensor<Self>,
+        weight_scale: f32,
+        cache: &Tensor<Self>,
+        queries: Queries,
+        pages: Pages,
+        out: &mut IntTensor<Self>,
+    ) -> Result<()> {
+        ensure_shape(
+            q.rows == weights.rows && out.rows == q.rows && q.cols == weights.cols * cache.cols,
+            "indexer_topk",
+            || {
+                format!(
+                    "q {:?}, weights {:?}, cache {:?}, out [{}, {}]",
+                    q.shape(),
+                    weights.shape(),
+                    cache.shape(),
+                    out.rows,
+                    out.cols
+                )
+            },
+        )?;
+        indexer::indexer_topk(
+            &self.pool,
+            &q.buf,
+            &weights.buf,
+            weight_scale,
+            &cache.buf,
+            queries,
+            pages,
+            out.cols,
+            &mut out.buf,
+        )
+    }
+}

@@ -1,0 +1,284 @@
+//! The kernel interface: one method per kernel family, implemented by every backend with the
+//! same numerics (DESIGN.md, "Numerics"). The model is written once against this trait.
+//!
+//! Host-side metadata (positions, cache slots, page tables) is passed as plain slices; a device
+//! backend uploads what it needs. Activations, cache pages and weights live in the backend's
+//! own storage types.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::fp8::ScaleFmt;
+use crate::model::weights::{HostLinear, HostTensor};
+use crate::tensor::{IntTensor, Tensor};
+
+pub use cpu::CpuBackend;
+
+/// Shapes of multi-head latent attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaDims {
+    pub heads: usize,
+    pub nope: usize,
+    pub rope: usize,
+    pub v: usize,
+    pub kv_lora: usize,
+}
+
+impl MlaDims {
+    /// Columns of one head of the query: no-position part, then rotary part.
+    pub fn qk(&self) -> usize {
+        self.nope + self.rope
+    }
+
+    /// Columns of one cached token: the latent, then the shared rotary key.
+    pub fn latent(&self) -> usize {
+        self.kv_lora + self.rope
+    }
+}
+
+/// Where rotary dims sit in a row: `n_heads` heads of `stride` columns, each with `dim` rotary
+/// columns starting at `offset` within the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadCols {
+    pub n_heads: usize,
+    pub stride: usize,
+    pub offset: usize,
+    pub dim: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Pairs `(x0, x1), (x2, x3), …` rotate together (DeepSeek's MLA).
+    Interleaved,
+    /// `x[i]` rotates with `x[i + dim/2]` (the V3.2 indexer).
+    HalfSplit,
+}
+
+/// The paged KV cache's block tables: sequence `s` owns the blocks
+/// `blocks[starts[s]..starts[s + 1]]`, each holding `block_size` consecutive positions.
+#[derive(Debug, Clone, Copy)]
+pub struct Pages<'a> {
+    pub block_size: usize,
+    pub blocks: &'a [u32],
+    pub starts: &'a [u32],
+}
+
+impl Pages<'_> {
+    /// Cache row of position `pos` of sequence `seq`; `None` where the table does not reach.
+    #[inline]
+    pub fn slot(&self, seq: usize, pos: usize) -> Option<usize> {
+        let start = *self.starts.get(seq)? as usize;
+        let end = *self.starts.get(seq + 1)? as usize;
+        let b = start + pos / self.block_size;
+        (b < end).then(|| self.blocks[b] as usize * self.block_size + pos % self.block_size)
+    }
+}
+
+/// Query rows of one step: row `i` belongs to sequence `seq[i]` and sits at position `pos[i]`,
+/// so it attends to positions `0..=pos[i]` of that sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Queries<'a> {
+    pub pos: &'a [u32],
+    pub seq: &'a [u32],
+}
+
+/// One sequence of a prefill attention call: query rows `q_start..q_start + q_len` at positions
+/// `start_pos..`, attending over expanded keys/values in rows `kv_start..kv_start + start_pos +
+/// q_len` (its whole context, position 0 first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillSeq {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub kv_start: usize,
+    pub start_pos: usize,
+}
+
+/// Parameters of the `noaux_tc` router.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouterParams {
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub top_k: usize,
+    pub norm_topk_prob: bool,
+    pub scaling: f32,
+}
+
+/// One routed expert's projections, as the checkpoint stores them.
+pub struct HostExpert {
+    pub gate: HostLinear,
+    pub up: HostLinear,
+    pub down: HostLinear,
+}
+
+pub trait Backend: Sized + Send + Sync + 'static {
+    /// Activation storage (f32 values).
+    type Buf: Send + Sync;
+    /// Integer storage.
+    type Ints: Send + Sync;
+    /// A projection weight `[out, in]` in the format the checkpoint holds it.
+    type Linear: Send + Sync;
+    /// The routed experts of one MoE layer.
+    type Experts: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    // ---- memory ----
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>>;
+    /// Reshapes `t`, reusing its storage where it is large enough; contents are unspecified.
+    fn resize(&self, t: &mut Tensor<Self>, rows: usize, cols: usize) -> Result<()>;
+    /// Overwrites `t` with `data` (row-major, `rows * cols` values).
+    fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()>;
+    fn read(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
+    fn int_zeros(&self, rows: usize, cols: usize) -> Result<IntTensor<Self>>;
+    fn resize_ints(&self, t: &mut IntTensor<Self>, rows: usize, cols: usize) -> Result<()>;
+    fn read_ints(&self, t: &IntTensor<Self>) -> Result<Vec<i32>>;
+    /// Copies rows `src_row..src_row + n` of `src` to rows `dst_row..` of `dst` (same width).
+    fn copy_rows(
+        &self,
+        src: &Tensor<Self>,
+        src_row: usize,
+        dst: &mut Tensor<Self>,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<()>;
+
+    // ---- weights ----
+    fn load_linear(&self, w: &HostLinear) -> Result<Self::Linear>;
+    /// A 1-D weight (norm scales, biases) as a `[1, n]` tensor.
+    fn load_vector(&self, v: &HostTensor) -> Result<Tensor<Self>>;
+    fn load_experts(&self, experts: &[HostExpert]) -> Result<Self::Experts>;
+
+    // ---- GEMM: FP8 block-scaled and plain ----
+    /// `out = x · wᵀ`. Where `w` is FP8 and `quant` is set, `x` is first quantized to e4m3 in
+    /// 1x128 groups with scales of that format (DeepSeek's `act_quant`).
+    fn linear(&self, x: &Tensor<Self>, w: &Self::Linear, quant: Option<ScaleFmt>, out: &mut Tensor<Self>)
+        -> Result<()>;
+    /// Rows `ids` of the `[vocab, hidden]` table.
+    fn embedding(&self, table: &Self::Linear, ids: &[u32], out: &mut Tensor<Self>) -> Result<()>;
+
+    // ---- grouped MoE ----
+    /// `route` picks `idx.cols()` experts per row of `logits` (router logits, f32) with DeepSeek's
+    /// group-limited sigmoid router and writes their weights.
+    fn route(
+        &self,
+        logits: &Tensor<Self>,
+        bias: &Tensor<Self>,
+        params: RouterParams,
+        idx: &mut IntTensor<Self>,
+        weights: &mut Tensor<Self>,
+    ) -> Result<()>;
+    /// `out[t] = Σ_j weights[t, j] · expert_{idx[t, j]}(x[t])` with SiLU-gated experts.
+    fn moe_experts(
+        &self,
+        x: &Tensor<Self>,
+        experts: &Self::Experts,
+        idx: &IntTensor<Self>,
+        weights: &Tensor<Self>,
+        quant: Option<ScaleFmt>,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    // ---- norms ----
+    /// RMSNorm of columns `col0..col0 + w.cols()` of `x` into `out`.
+    fn rms_norm(&self, x: &Tensor<Self>, col0: usize, w: &Tensor<Self>, eps: f32, out: &mut Tensor<Self>)
+        -> Result<()>;
+    /// `residual += delta; out = rms_norm(residual)`.
+    fn add_rms_norm(
+        &self,
+        residual: &mut Tensor<Self>,
+        delta: &Tensor<Self>,
+        w: &Tensor<Self>,
+        eps: f32,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+    /// LayerNorm over rows, in place.
+    fn layer_norm(&self, x: &mut Tensor<Self>, w: &Tensor<Self>, b: &Tensor<Self>, eps: f32) -> Result<()>;
+
+    // ---- rotary embedding ----
+    /// Rotates the rotary columns of every row by its position's angles: `cos_sin` row `i`
+    /// holds `dim/2` cosines then `dim/2` sines for row `i` of `x`.
+    fn rope(&self, x: &mut Tensor<Self>, heads: HeadCols, cos_sin: &Tensor<Self>, layout: RopeLayout) -> Result<()>;
+
+    // ---- small ops ----
+    /// `gate = silu(gate) * up`.
+    fn silu_mul(&self, gate: &mut Tensor<Self>, up: &Tensor<Self>) -> Result<()>;
+    fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()>;
+    /// Rounds `x` through e4m3 in place: each row is cut into `segment`-wide pieces, each
+    /// grouped in 128s from its left with one scale per group.
+    fn fp8_round(&self, x: &mut Tensor<Self>, segment: usize, fmt: ScaleFmt) -> Result<()>;
+    /// The normalized Walsh-Hadamard transform `H_dim / sqrt(dim)` of every `dim`-wide segment.
+    fn hadamard(&self, x: &mut Tensor<Self>, dim: usize) -> Result<()>;
+    /// The index of each row's largest value (the first on ties).
+    fn argmax(&self, logits: &Tensor<Self>) -> Result<Vec<u32>>;
+
+    // ---- paged KV cache ----
+    /// Writes columns `src_col..src_col + n` of row `i` of `src` to row `slots[i]` of `cache`,
+    /// starting at column `dst_col`.
+    fn kv_store(
+        &self,
+        cache: &mut Tensor<Self>,
+        slots: &[u32],
+        src: &Tensor<Self>,
+        src_col: usize,
+        dst_col: usize,
+        n: usize,
+    ) -> Result<()>;
+    /// Row `i` of `dst` = columns `col..col + dst.cols()` of cache row `slots[i]`.
+    fn kv_gather(&self, cache: &Tensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()>;
+
+    // ---- MLA ----
+    /// Absorbs `kv_b`'s key half into the queries of the first `out.rows()` rows of `q`:
+    /// per head, `[W_kᵀ q_nope, q_rope]`, a query against the cached latent directly.
+    fn absorb_q(&self, q: &Tensor<Self>, kv_b: &Self::Linear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()>;
+    /// Attention of absorbed queries over the paged latent cache. Query row `i` attends to its
+    /// sequence's positions `0..=pos[i]`, or only to those in `topk` row `i` (-1 = none) when
+    /// given. Writes the attention-weighted latent per head.
+    fn mla_decode(
+        &self,
+        q_lat: &Tensor<Self>,
+        cache: &Tensor<Self>,
+        queries: Queries,
+        pages: Pages,
+        topk: Option<&IntTensor<Self>>,
+        scale: f32,
+        dims: MlaDims,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+    /// Maps per-head attention-weighted latents through `kv_b`'s value half.
+    fn absorb_out(
+        &self,
+        o_lat: &Tensor<Self>,
+        kv_b: &Self::Linear,
+        dims: MlaDims,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+    /// Causal attention over expanded keys/values (`kv` = per head `[k_nope, v]`, `kpe` = the
+    /// shared rotary key). With `topk`, query row `r` attends only to the positions in
+    /// `topk` row `r`. Writes only the rows of `seqs`.
+    fn mla_prefill(
+        &self,
+        q: &Tensor<Self>,
+        kv: &Tensor<Self>,
+        kpe: &Tensor<Self>,
+        seqs: &[PrefillSeq],
+        topk: Option<&IntTensor<Self>>,
+        scale: f32,
+        dims: MlaDims,
+        out: &mut Tensor<Self>,
+    ) -> Result<()>;
+
+    // ---- lightning indexer ----
+    /// For every query row: `score(t) = Σ_h w[h]·weight_scale · ReLU(q_h · k_t)` over the cached
+    /// index keys of positions `0..=pos`, and the `out.cols()` best positions (ascending; -1
+    /// pads rows with fewer candidates). Ties go to the earlier position.
+    fn indexer_topk(
+        &self,
+        q: &Tensor<Self>,
+        weights: &Tensor<Self>,
+        weight_scale: f32,
+        cache: &Tensor<Self>,
+        queries: Queries,
+        pages: Pages,
+        out: &mut IntTensor<Self>,
+    ) -> Result<()>;
+}

@@ -1,0 +1,13 @@
+//! flashseek: an inference engine for the DeepSeek-V3.2 family.
+//!
+//! The model (`model`) is written once against the kernel interface (`backend::Backend`); the
+//! CPU backend implements every kernel with DeepSeek's numerics. See `docs/architecture.md`.
+
+pub mod backend;
+pub mod error;
+pub mod fp8;
+pub mod kv_cache;
+pub mod model;
+pub mod tensor;
+
+pub use error::{Error, Result};
