@@ -22,8 +22,8 @@ pub enum Error {
     #[error("shape mismatch in {op}: {msg}")]
     Shape { op: &'static str, msg: String },
 
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -37,8 +37,8 @@ impl Error {
         Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
     }
 
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+    pub fn io(path: &Path, error: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), error }
     }
 
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {

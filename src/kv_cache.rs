@@ -97,7 +97,8 @@ impl<B: Backend> KvCache<B> {
             )));
         }
         while table.len() < need {
-            table.push(self.allocator.allocate().expect("free blocks were counted above"));
+            let b = self.allocator.allocate().ok_or_else(|| Error::Input("the KV cache ran out of blocks".into()))?;
+            table.push(b);
         }
         Ok(())
     }

@@ -123,8 +123,8 @@ fn write_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) 
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let data = safetensors::serialize(views, None)?;
+    std::fs::write(path, data).with_context(|| path.display().to_string())
 }
 
 fn generate(args: &ModelArgs, max_new: usize, ignore_eos: bool) -> anyhow::Result<()> {

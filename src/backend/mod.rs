@@ -254,7 +254,8 @@ pub trait Backend: Sized + Send + Sync + 'static {
     ) -> Result<()>;
     /// Causal attention over expanded keys/values (`kv` = per head `[k_nope, v]`, `kpe` = the
     /// shared rotary key). With `topk`, query row `r` attends only to the positions in
-    /// `topk` row `r`. Writes only the rows of `seqs`.
+    /// `topk` row `r`. `seqs` are ordered by `q_start` and do not overlap; only their rows of
+    /// `out` are written.
     fn mla_prefill(
         &self,
         q: &Tensor<Self>,

@@ -122,11 +122,16 @@ impl ModelConfig {
 
     /// Parses and validates `text`; `path` only names the source in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        // Syntax first (with line and column), then the fields (with their names).
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(Error::config(path, "expected a JSON object"));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
-            if field == "." {
+            if field == "." || field.contains('?') {
                 Error::config(path, format!("invalid config: {inner}"))
             } else {
                 Error::config(path, format!("field `{field}`: {inner}"))
@@ -145,16 +150,19 @@ pub(crate) fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a token id or a list of token ids")]
 enum OneOrMany {
     One(u32),
     Many(Vec<u32>),
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an object")]
 struct RawRope {
-    #[serde(alias = "type")]
     rope_type: Option<String>,
+    /// The older spelling of `rope_type`; configs re-saved by `transformers` carry both.
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
     rope_theta: Option<f64>,
     factor: Option<f64>,
     original_max_position_embeddings: Option<usize>,
@@ -166,6 +174,7 @@ struct RawRope {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "an object")]
 struct RawQuant {
     quant_method: String,
     fmt: Option<String>,
@@ -241,7 +250,16 @@ impl RawRope {
             .rope_theta
             .or(theta)
             .ok_or_else(|| Error::config(path, format!("missing field `rope_theta` (top level or in `{field}`)")))?;
-        let kind = self.rope_type.as_deref().unwrap_or("default");
+        let kind = match (self.rope_type.as_deref(), self.legacy_type.as_deref()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::config(
+                    path,
+                    format!("fields `{field}.rope_type` ({a:?}) and `{field}.type` ({b:?}) disagree"),
+                ))
+            }
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => "default",
+        };
         let yarn = match kind {
             "default" => None,
             "yarn" => {
@@ -249,7 +267,7 @@ impl RawRope {
                     v.ok_or_else(|| Error::config(path, format!("missing field `{field}.{name}`")))
                 };
                 let factor = req(self.factor, "factor")?;
-                if factor.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                if !factor.is_finite() || factor <= 0.0 {
                     return Err(Error::config(path, format!("field `{field}.factor`: must be positive")));
                 }
                 let original = self.original_max_position_embeddings.ok_or_else(|| {
@@ -274,7 +292,7 @@ impl RawRope {
                 ))
             }
         };
-        if theta.is_nan() || theta <= 0.0 {
+        if !theta.is_finite() || theta <= 0.0 {
             return Err(Error::config(path, "field `rope_theta`: must be positive"));
         }
         Ok(RopeConfig { theta, yarn })
@@ -409,8 +427,8 @@ impl RawConfig {
                 ));
             }
         }
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps < 0.0 {
-            return Err(Error::config(path, "field `rms_norm_eps`: must be non-negative"));
+        if !self.rms_norm_eps.is_finite() || self.rms_norm_eps < 0.0 {
+            return Err(Error::config(path, "field `rms_norm_eps`: must be a finite non-negative number"));
         }
         if !self.routed_scaling_factor.is_finite() {
             return Err(Error::config(path, "field `routed_scaling_factor`: must be finite"));
@@ -421,11 +439,15 @@ impl RawConfig {
             Some(OneOrMany::Many(ids)) => ids,
         };
         let vocab_size = positive(path, "vocab_size", self.vocab_size)?;
-        for &id in eos_token_ids.iter().chain(self.bos_token_id.iter()) {
+        let special = eos_token_ids
+            .iter()
+            .map(|id| ("eos_token_id", id))
+            .chain(self.bos_token_id.iter().map(|id| ("bos_token_id", id)));
+        for (field, &id) in special {
             if id as usize >= vocab_size {
                 return Err(Error::config(
                     path,
-                    format!("special token id {id} is outside the vocabulary ({vocab_size})"),
+                    format!("field `{field}`: token id {id} is outside the vocabulary ({vocab_size})"),
                 ));
             }
         }

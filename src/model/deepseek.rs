@@ -98,7 +98,7 @@ impl<B: Backend> Model<B> {
         );
         progress.set_message(ckpt.dir().display().to_string());
         let embed = b.load_linear(&ckpt.linear("model.embed_tokens", v, d)?)?;
-        let mut layers = Vec::with_capacity(config.num_layers);
+        let mut layers = Vec::new();
         for i in 0..config.num_layers {
             let p = format!("model.layers.{i}");
             let ffn = if config.is_moe_layer(i) {
@@ -107,14 +107,14 @@ impl<B: Backend> Model<B> {
                 Ffn::Dense(Mlp::load(b, ckpt, &format!("{p}.mlp"), d, config.intermediate_size)?)
             };
             layers.push(Layer {
-                input_norm: b.load_vector(&ckpt.tensor(&format!("{p}.input_layernorm.weight"), &[d])?)?,
-                post_norm: b.load_vector(&ckpt.tensor(&format!("{p}.post_attention_layernorm.weight"), &[d])?)?,
+                input_norm: b.load_vector(&ckpt.vector(&format!("{p}.input_layernorm.weight"), d)?)?,
+                post_norm: b.load_vector(&ckpt.vector(&format!("{p}.post_attention_layernorm.weight"), d)?)?,
                 attn: Mla::load(b, ckpt, &format!("{p}.self_attn"), &config)?,
                 ffn,
             });
             progress.inc(1);
         }
-        let norm = b.load_vector(&ckpt.tensor("model.norm.weight", &[d])?)?;
+        let norm = b.load_vector(&ckpt.vector("model.norm.weight", d)?)?;
         let lm_head =
             if config.tie_word_embeddings { None } else { Some(b.load_linear(&ckpt.linear("lm_head", v, d)?)?) };
         progress.inc(1);

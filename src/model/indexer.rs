@@ -56,8 +56,8 @@ impl<B: Backend> Indexer<B> {
         Ok(Indexer {
             wq_b: b.load_linear(&ckpt.linear(&format!("{prefix}.wq_b"), ix.n_heads * ix.head_dim, q_lora)?)?,
             wk: b.load_linear(&ckpt.linear(&format!("{prefix}.wk"), ix.head_dim, d)?)?,
-            k_norm_w: b.load_vector(&ckpt.tensor(&format!("{prefix}.k_norm.weight"), &[ix.head_dim])?)?,
-            k_norm_b: b.load_vector(&ckpt.tensor(&format!("{prefix}.k_norm.bias"), &[ix.head_dim])?)?,
+            k_norm_w: b.load_vector(&ckpt.vector(&format!("{prefix}.k_norm.weight"), ix.head_dim)?)?,
+            k_norm_b: b.load_vector(&ckpt.vector(&format!("{prefix}.k_norm.bias"), ix.head_dim)?)?,
             weights_proj: b.load_linear(&ckpt.linear(&format!("{prefix}.weights_proj"), ix.n_heads, d)?)?,
             cfg: ix,
             rope_dim: cfg.qk_rope_head_dim,

@@ -94,7 +94,7 @@ impl<B: Backend> Mla<B> {
         let q = match cfg.q_lora_rank {
             Some(rank) => QueryProj::LowRank {
                 a: b.load_linear(&ckpt.linear(&format!("{prefix}.q_a_proj"), rank, d)?)?,
-                norm: b.load_vector(&ckpt.tensor(&format!("{prefix}.q_a_layernorm.weight"), &[rank])?)?,
+                norm: b.load_vector(&ckpt.vector(&format!("{prefix}.q_a_layernorm.weight"), rank)?)?,
                 b: b.load_linear(&ckpt.linear(&format!("{prefix}.q_b_proj"), q_out, rank)?)?,
                 rank,
             },
@@ -107,7 +107,7 @@ impl<B: Backend> Mla<B> {
         Ok(Mla {
             q,
             kv_a: b.load_linear(&ckpt.linear(&format!("{prefix}.kv_a_proj_with_mqa"), dims.latent(), d)?)?,
-            kv_norm: b.load_vector(&ckpt.tensor(&format!("{prefix}.kv_a_layernorm.weight"), &[dims.kv_lora])?)?,
+            kv_norm: b.load_vector(&ckpt.vector(&format!("{prefix}.kv_a_layernorm.weight"), dims.kv_lora)?)?,
             kv_b: b.load_linear(&ckpt.linear(
                 &format!("{prefix}.kv_b_proj"),
                 dims.heads * (dims.nope + dims.v),

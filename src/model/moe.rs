@@ -58,7 +58,7 @@ impl<B: Backend> Moe<B> {
         Ok(Moe {
             router: b.load_linear(&ckpt.linear(&format!("{prefix}.gate"), m.n_routed_experts, d)?)?,
             bias: b
-                .load_vector(&ckpt.tensor(&format!("{prefix}.gate.e_score_correction_bias"), &[m.n_routed_experts])?)?,
+                .load_vector(&ckpt.vector(&format!("{prefix}.gate.e_score_correction_bias"), m.n_routed_experts)?)?,
             experts: b.load_experts(&experts)?,
             shared,
             params: RouterParams {

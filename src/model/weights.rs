@@ -195,7 +195,7 @@ impl Checkpoint {
             files.dedup();
             let mut shard_of_file = HashMap::new();
             for f in files {
-                if f.contains('/') || f.contains('\\') || f == ".." {
+                if f.is_empty() || f == "." || f == ".." || f.contains('/') || f.contains('\\') {
                     return Err(Error::checkpoint(&index_path, format!("shard name {f:?} is not a file name")));
                 }
                 let path = dir.join(f);
@@ -260,6 +260,19 @@ impl Checkpoint {
             shape: info.shape.clone(),
             bytes: Bytes { storage: shard.map.clone(), start: shard.data_start + start, len: end - start },
         })
+    }
+
+    /// A 1-D weight (norm scale, bias) of length `len`: stored in a float format, since it has
+    /// no scales that an FP8 encoding would need.
+    pub fn vector(&self, name: &str, len: usize) -> Result<HostTensor> {
+        let t = self.tensor(name, &[len])?;
+        if t.dtype == DType::F8E4M3 {
+            return Err(Error::checkpoint(
+                &self.dir,
+                format!("tensor `{name}` is F8_E4M3 but has no scales; expected F32, BF16 or F16"),
+            ));
+        }
+        Ok(t)
     }
 
     /// The projection `{prefix}.weight` of shape `[rows, cols]`, with its block scales

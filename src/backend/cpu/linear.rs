@@ -7,13 +7,13 @@
 //! `Σ_k x'·w'` with `x' = q_x·s_x`, `w' = q_w·s_w` equals DeepSeek's block-scaled sum up to f32
 //! rounding.
 
-use half::{bf16, f16};
+use half::f16;
 use rayon::prelude::*;
 
 use super::scratch::Pool;
-use super::simd::{dot, SharedMut};
+use super::simd::{decode_bf16, decode_e4m3, dot, dot_e4m3, SharedMut};
 use crate::error::{ensure_shape, Error, Result};
-use crate::fp8::{round_trip_row, ScaleFmt, E4M3_TO_F32};
+use crate::fp8::{round_trip_row, ScaleFmt};
 use crate::model::config::FP8_BLOCK;
 use crate::model::weights::{blocks, Bytes, DType, HostLinear};
 
@@ -86,15 +86,9 @@ impl CpuLinear {
         let range = r0 * k..(r0 + n) * k;
         match &self.data {
             Packed::F32(v) => out.copy_from_slice(&v[range]),
-            Packed::Bf16(b) => {
-                let b = &b.as_slice()[range.start * 2..range.end * 2];
-                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
-                    *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
+            Packed::Bf16(b) => decode_bf16(&b.as_slice()[range.start * 2..range.end * 2], out),
             Packed::F16(b) => {
-                let b = &b.as_slice()[range.start * 2..range.end * 2];
-                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                for (o, c) in out.iter_mut().zip(b.as_slice()[range.start * 2..range.end * 2].chunks_exact(2)) {
                     *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }
@@ -106,13 +100,21 @@ impl CpuLinear {
                     let crow = &codes[r * k..(r + 1) * k];
                     let srow = &scales[(r / FP8_BLOCK) * kb..(r / FP8_BLOCK + 1) * kb];
                     for ((o, c), &s) in orow.chunks_mut(FP8_BLOCK).zip(crow.chunks(FP8_BLOCK)).zip(srow) {
-                        for (o, &c) in o.iter_mut().zip(c) {
-                            *o = E4M3_TO_F32[c as usize] * s;
-                        }
+                        decode_e4m3(c, s, o);
                     }
                 }
             }
         }
+    }
+
+    /// `x · row r` for FP8 weights, decoding in registers; `None` for other formats.
+    fn fp8_row_dot(&self, r: usize, x: &[f32]) -> Option<f32> {
+        let Packed::Fp8 { codes, scales } = &self.data else { return None };
+        let k = self.cols;
+        let kb = blocks(k);
+        let crow = &codes.as_slice()[r * k..(r + 1) * k];
+        let srow = &scales[(r / FP8_BLOCK) * kb..(r / FP8_BLOCK + 1) * kb];
+        Some(x.chunks(FP8_BLOCK).zip(crow.chunks(FP8_BLOCK)).zip(srow).map(|((x, c), &s)| dot_e4m3(x, c) * s).sum())
     }
 
     /// Row `r` as f32: borrowed for f32 weights, dequantized into `buf` otherwise.
@@ -168,6 +170,13 @@ fn linear_rows(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32])
         let r1 = (r0 + rows_per_task).min(n);
         let mut buf = pool.take(k);
         for r in r0..r1 {
+            if m == 1 {
+                if let Some(v) = w.fp8_row_dot(r, x) {
+                    // SAFETY: element (0, r) belongs to this task's rows alone.
+                    unsafe { dst.slice(r, 1)[0] = v };
+                    continue;
+                }
+            }
             let wr = w.row(r, &mut buf);
             for i in 0..m {
                 // SAFETY: element (i, r) belongs to this task's rows alone.
