@@ -12,7 +12,11 @@ use flashseek::model::{ActQuant, Logits, Model, SeqInput};
 use safetensors::tensor::{Dtype, TensorView};
 
 #[derive(Parser)]
-#[command(name = "flashseek", version, about = "Inference engine for the DeepSeek-V3.2 family")]
+#[command(
+    name = "flashseek",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FLASHSEEK_REVISION"), ")"),
+    about = "Inference engine for the DeepSeek-V3.2 family"
+)]
 struct Cli {
     /// Worker threads for the CPU kernels (default: one per core).
     #[arg(long, global = true)]

@@ -57,7 +57,7 @@ fn softmax(s: &mut [f32]) {
 
 /// Per head `h`: `out[i, h] = [W_kb,hᵀ q_nope[i, h], q_rope[i, h]]`, where `W_kb,h` are the
 /// key rows of head `h` in `kv_b` (`[heads·(nope+v), kv_lora]`).
-pub fn absorb_q(pool: &Pool, q: &[f32], kv_b: &CpuLinear, d: MlaDims, m: usize, out: &mut [f32]) -> Result<()> {
+pub fn absorb_q(pool: &Pool<f32>, q: &[f32], kv_b: &CpuLinear, d: MlaDims, m: usize, out: &mut [f32]) -> Result<()> {
     let (qk, lat) = (d.qk(), d.latent());
     ensure_shape(
         q.len() >= m * d.heads * qk
@@ -114,7 +114,14 @@ pub fn absorb_q(pool: &Pool, q: &[f32], kv_b: &CpuLinear, d: MlaDims, m: usize, 
 }
 
 /// Per head `h`: `out[i, h] = W_vb,h · o_lat[i, h]` with the value rows of head `h` in `kv_b`.
-pub fn absorb_out(pool: &Pool, o_lat: &[f32], kv_b: &CpuLinear, d: MlaDims, m: usize, out: &mut [f32]) -> Result<()> {
+pub fn absorb_out(
+    pool: &Pool<f32>,
+    o_lat: &[f32],
+    kv_b: &CpuLinear,
+    d: MlaDims,
+    m: usize,
+    out: &mut [f32],
+) -> Result<()> {
     ensure_shape(
         o_lat.len() == m * d.heads * d.kv_lora
             && out.len() == m * d.heads * d.v
@@ -170,7 +177,7 @@ fn topk_view<'a>(
 /// Decode attention of absorbed queries `q_lat` `[m, heads·(kv_lora+rope)]` over the paged
 /// latent `cache` `[slots, kv_lora+rope]`; writes `out` `[m, heads·kv_lora]`.
 pub fn mla_decode(
-    pool: &Pool,
+    pool: &Pool<f32>,
     q_lat: &[f32],
     cache: &[f32],
     queries: Queries,
@@ -233,7 +240,7 @@ pub fn mla_decode(
 /// `[ΣC, heads·(nope+v)]`, `kpe` `[ΣC, rope]`; writes the rows of `seqs` in `out`
 /// `[T, heads·v]`.
 pub fn mla_prefill(
-    pool: &Pool,
+    pool: &Pool<f32>,
     q: &[f32],
     kv: &[f32],
     kpe: &[f32],

@@ -10,7 +10,7 @@ use crate::error::{ensure_shape, Error, Result};
 
 /// Writes for every query row the `k` best-scoring positions (ascending, `-1`-padded).
 pub fn indexer_topk(
-    pool: &Pool,
+    pool: &Pool<f32>,
     q: &[f32],
     weights: &[f32],
     weight_scale: f32,

@@ -138,7 +138,14 @@ pub fn quantize_rows(x: &[f32], k: usize, fmt: ScaleFmt, out: &mut [f32]) {
 }
 
 /// `out[m, rows] = x[m, cols] · wᵀ`.
-pub fn linear(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, quant: Option<ScaleFmt>, out: &mut [f32]) -> Result<()> {
+pub fn linear(
+    pool: &Pool<f32>,
+    x: &[f32],
+    m: usize,
+    w: &CpuLinear,
+    quant: Option<ScaleFmt>,
+    out: &mut [f32],
+) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
     ensure_shape(x.len() == m * k && out.len() == m * n, "linear", || {
         format!("x has {} values for [{m}, {k}], out {} for [{m}, {n}]", x.len(), out.len())
@@ -162,7 +169,7 @@ pub fn linear(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, quant: Option<Sca
 }
 
 /// Few activation rows: each weight row is visited once and dotted with every activation row.
-fn linear_rows(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
+fn linear_rows(pool: &Pool<f32>, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     let rows_per_task = (TASK_WORK / (k * m).max(1)).clamp(1, n);
     let dst = SharedMut::new(out);
@@ -184,15 +191,16 @@ fn linear_rows(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32])
             }
         }
     };
-    if n <= rows_per_task {
+    let tasks = n.div_ceil(rows_per_task);
+    if tasks == 1 {
         task(0);
     } else {
-        (0..n).step_by(rows_per_task).collect::<Vec<_>>().into_par_iter().for_each(task);
+        (0..tasks).into_par_iter().for_each(|t| task(t * rows_per_task));
     }
 }
 
 /// Many activation rows: f32 weights go straight to `gemm`; packed ones tile by tile.
-fn linear_tiles(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
+fn linear_tiles(pool: &Pool<f32>, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     if let Packed::F32(wv) = &w.data {
         let threads = if m * n * k >= TASK_WORK * 4 { rayon::current_num_threads() } else { 1 };
@@ -201,18 +209,19 @@ fn linear_tiles(pool: &Pool, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]
         return;
     }
     let dst = SharedMut::new(out);
-    let tiles: Vec<usize> = (0..n).step_by(TILE_ROWS).collect();
-    let task = |&r0: &usize| {
+    let tiles = n.div_ceil(TILE_ROWS);
+    let task = |tile: usize| {
+        let r0 = tile * TILE_ROWS;
         let rows = TILE_ROWS.min(n - r0);
         let mut tile = pool.take(rows * k);
         w.dequant_rows(r0, &mut tile);
         // SAFETY: this task writes only columns r0..r0 + rows of out.
         unsafe { gemm_into(dst.ptr().add(r0), n, x, m, k, &tile, rows, 1) };
     };
-    if tiles.len() == 1 || m * n * k < TASK_WORK * 4 {
-        tiles.iter().for_each(task);
+    if tiles == 1 || m * n * k < TASK_WORK * 4 {
+        (0..tiles).for_each(task);
     } else {
-        tiles.par_iter().for_each(task);
+        (0..tiles).into_par_iter().for_each(task);
     }
 }
 

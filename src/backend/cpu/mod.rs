@@ -23,7 +23,7 @@ pub use moe::CpuExpert;
 
 #[derive(Default)]
 pub struct CpuBackend {
-    pool: scratch::Pool,
+    pools: scratch::Pools,
 }
 
 impl CpuBackend {
@@ -143,7 +143,7 @@ impl Backend for CpuBackend {
         ensure_shape(x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(), "linear", || {
             format!("x {:?} · w [{}, {}]ᵀ into {:?}", x.shape(), w.rows(), w.cols(), out.shape())
         })?;
-        linear::linear(&self.pool, &x.buf, x.rows, w, quant, &mut out.buf)
+        linear::linear(&self.pools.f32, &x.buf, x.rows, w, quant, &mut out.buf)
     }
 
     fn embedding(&self, table: &CpuLinear, ids: &[u32], out: &mut Tensor<Self>) -> Result<()> {
@@ -179,7 +179,7 @@ impl Backend for CpuBackend {
                 )
             },
         )?;
-        moe::route(&logits.buf, &bias.buf, params, &mut idx.buf, &mut weights.buf)
+        moe::route(&self.pools, &logits.buf, &bias.buf, params, &mut idx.buf, &mut weights.buf)
     }
 
     fn moe_experts(
@@ -195,7 +195,7 @@ impl Backend for CpuBackend {
             format!("x {:?}, idx [{}, {}], weights {:?}", x.shape(), idx.rows, idx.cols, weights.shape())
         })?;
         same_shape(x, out, "moe_experts")?;
-        moe::moe_experts(&self.pool, &x.buf, experts, &idx.buf, &weights.buf, quant, &mut out.buf)
+        moe::moe_experts(&self.pools, &x.buf, experts, &idx.buf, &weights.buf, quant, &mut out.buf)
     }
 
     fn rms_norm(
@@ -286,7 +286,7 @@ impl Backend for CpuBackend {
             "absorb_q",
             || format!("q {:?}, out {:?}, dims {dims:?}", q.shape(), out.shape()),
         )?;
-        attention::absorb_q(&self.pool, &q.buf, kv_b, dims, out.rows, &mut out.buf)
+        attention::absorb_q(&self.pools.f32, &q.buf, kv_b, dims, out.rows, &mut out.buf)
     }
 
     fn mla_decode(
@@ -304,14 +304,14 @@ impl Backend for CpuBackend {
             format!("cache {:?}, dims {dims:?}", cache.shape())
         })?;
         let topk = topk.map(|t| (t.buf.as_slice(), t.cols));
-        attention::mla_decode(&self.pool, &q_lat.buf, &cache.buf, queries, pages, topk, scale, dims, &mut out.buf)
+        attention::mla_decode(&self.pools.f32, &q_lat.buf, &cache.buf, queries, pages, topk, scale, dims, &mut out.buf)
     }
 
     fn absorb_out(&self, o_lat: &Tensor<Self>, kv_b: &CpuLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
         ensure_shape(out.rows == o_lat.rows, "absorb_out", || {
             format!("o_lat {:?}, out {:?}", o_lat.shape(), out.shape())
         })?;
-        attention::absorb_out(&self.pool, &o_lat.buf, kv_b, dims, o_lat.rows, &mut out.buf)
+        attention::absorb_out(&self.pools.f32, &o_lat.buf, kv_b, dims, o_lat.rows, &mut out.buf)
     }
 
     fn mla_prefill(
@@ -326,7 +326,7 @@ impl Backend for CpuBackend {
         out: &mut Tensor<Self>,
     ) -> Result<()> {
         let topk = topk.map(|t| (t.buf.as_slice(), t.cols));
-        attention::mla_prefill(&self.pool, &q.buf, &kv.buf, &kpe.buf, seqs, topk, scale, dims, &mut out.buf)
+        attention::mla_prefill(&self.pools.f32, &q.buf, &kv.buf, &kpe.buf, seqs, topk, scale, dims, &mut out.buf)
     }
 
     fn indexer_topk(
@@ -354,7 +354,7 @@ impl Backend for CpuBackend {
             },
         )?;
         indexer::indexer_topk(
-            &self.pool,
+            &self.pools.f32,
             &q.buf,
             &weights.buf,
             weight_scale,

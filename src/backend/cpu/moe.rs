@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::elementwise::silu_mul;
 use super::linear::{linear, CpuLinear};
-use super::scratch::Pool;
+use super::scratch::Pools;
 use super::simd::SharedMut;
 use crate::backend::{HostExpert, RouterParams};
 use crate::error::{ensure_shape, Error, Result};
@@ -42,7 +42,14 @@ fn best(vals: &[f32], allowed: impl Fn(usize) -> bool) -> Option<usize> {
 /// Group-limited top-k over sigmoid scores: experts are chosen by score + bias within the
 /// `topk_group` groups whose two best biased scores sum highest; their weights are the unbiased
 /// scores, normalized if asked, times the scaling factor.
-pub fn route(logits: &[f32], bias: &[f32], p: RouterParams, idx: &mut [i32], weights: &mut [f32]) -> Result<()> {
+pub fn route(
+    pools: &Pools,
+    logits: &[f32],
+    bias: &[f32],
+    p: RouterParams,
+    idx: &mut [i32],
+    weights: &mut [f32],
+) -> Result<()> {
     let e = bias.len();
     let t = logits.len().checked_div(e).unwrap_or(0);
     ensure_shape(
@@ -58,11 +65,12 @@ pub fn route(logits: &[f32], bias: &[f32], p: RouterParams, idx: &mut [i32], wei
         || format!("{t} rows of {e} experts, params {p:?}, idx {} weights {}", idx.len(), weights.len()),
     )?;
     let per_group = e / p.n_group;
-    let mut scores = vec![0.0f32; e];
-    let mut choice = vec![0.0f32; e];
-    let mut group_score = vec![0.0f32; p.n_group];
-    let mut group_on = vec![false; p.n_group];
-    let mut taken = vec![false; e];
+    let mut values = pools.f32.take(2 * e + p.n_group);
+    let (scores, rest) = values.split_at_mut(e);
+    let (choice, group_score) = rest.split_at_mut(e);
+    // 1 where a group is kept / an expert is taken.
+    let mut flags = pools.idx.take(p.n_group + e);
+    let (group_on, taken) = flags.split_at_mut(p.n_group);
     for r in 0..t {
         for j in 0..e {
             scores[j] = sigmoid(logits[r * e + j]);
@@ -74,17 +82,18 @@ pub fn route(logits: &[f32], bias: &[f32], p: RouterParams, idx: &mut [i32], wei
             let second = best(grp, |i| i != first).map_or(0.0, |i| grp[i]);
             *gs = grp[first] + second;
         }
-        group_on.fill(false);
+        group_on.fill(0);
         for _ in 0..p.topk_group {
-            let g = best(&group_score, |g| !group_on[g]).ok_or_else(|| Error::shape("route", "ran out of groups"))?;
-            group_on[g] = true;
+            let g =
+                best(group_score, |g| group_on[g] == 0).ok_or_else(|| Error::shape("route", "ran out of groups"))?;
+            group_on[g] = 1;
         }
-        taken.fill(false);
+        taken.fill(0);
         let (ri, rw) = (&mut idx[r * p.top_k..(r + 1) * p.top_k], &mut weights[r * p.top_k..(r + 1) * p.top_k]);
         for j in 0..p.top_k {
-            let x = best(&choice, |x| group_on[x / per_group] && !taken[x])
+            let x = best(choice, |x| group_on[x / per_group] == 1 && taken[x] == 0)
                 .ok_or_else(|| Error::shape("route", "ran out of experts"))?;
-            taken[x] = true;
+            taken[x] = 1;
             ri[j] = x as i32;
             rw[j] = scores[x];
         }
@@ -99,7 +108,7 @@ pub fn route(logits: &[f32], bias: &[f32], p: RouterParams, idx: &mut [i32], wei
 
 /// `out[t] = Σ_j weights[t, j] · expert_{idx[t, j]}(x[t])`.
 pub fn moe_experts(
-    pool: &Pool,
+    pools: &Pools,
     x: &[f32],
     experts: &[CpuExpert],
     idx: &[i32],
@@ -119,23 +128,26 @@ pub fn moe_experts(
         return Err(Error::shape("moe_experts", format!("expert id {bad} of {}", experts.len())));
     }
     // Assignments (token·k + slot) grouped by expert, in token order within each.
-    let mut starts = vec![0usize; experts.len() + 1];
+    let n_experts = experts.len();
+    let mut starts = pools.idx.take(n_experts + 1);
+    starts.fill(0);
     for &e in idx {
         starts[e as usize + 1] += 1;
     }
-    for i in 0..experts.len() {
+    for i in 0..n_experts {
         starts[i + 1] += starts[i];
     }
-    let mut fill = starts.clone();
-    let mut order = vec![0usize; idx.len()];
+    let mut fill = pools.idx.take(n_experts);
+    fill.copy_from_slice(&starts[..n_experts]);
+    let mut order = pools.idx.take(idx.len());
     for (a, &e) in idx.iter().enumerate() {
         order[fill[e as usize]] = a;
         fill[e as usize] += 1;
     }
+    let pool = &pools.f32;
     let mut per_slot = pool.take(t * k * d);
     let slots = SharedMut::new(&mut per_slot);
-    let active: Vec<usize> = (0..experts.len()).filter(|&e| starts[e + 1] > starts[e]).collect();
-    active.par_iter().try_for_each(|&e| -> Result<()> {
+    (0..n_experts).into_par_iter().filter(|&e| starts[e + 1] > starts[e]).try_for_each(|e| -> Result<()> {
         let assigned = &order[starts[e]..starts[e + 1]];
         let n = assigned.len();
         let ex = &experts[e];
