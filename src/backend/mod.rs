@@ -122,6 +122,9 @@ pub trait Backend: Sized + Send + Sync + 'static {
 
     fn name(&self) -> &'static str;
 
+    /// Runs `step`, a sequence of kernel calls, where this backend's kernels run best.
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R;
+
     // ---- memory ----
     fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>>;
     /// Reshapes `t`, reusing its storage where it is large enough; contents are unspecified.

@@ -181,45 +181,58 @@ impl<B: Backend> Model<B> {
         {
             return Err(Error::Input("the KV cache was made for another model".into()));
         }
-        let b = &self.backend;
-        let ws = &mut self.ws;
-        let (d, eps) = (self.config.hidden_size, self.config.rms_norm_eps);
-        ws.step.build(batch, &self.config)?;
-        let t = ws.step.rows();
-        self.rope.fill(&ws.step.pos, &mut ws.cos_sin_host);
-        b.resize(&mut ws.cos_sin, t, self.rope.dim())?;
-        b.write(&mut ws.cos_sin, &ws.cos_sin_host)?;
-        b.resize(&mut ws.h, t, d)?;
-        b.embedding(&self.embed, &ws.step.tokens, &mut ws.h)?;
-        b.resize(&mut ws.x, t, d)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            if i == 0 {
-                b.rms_norm(&ws.h, 0, &layer.input_norm, eps, &mut ws.x)?;
-            } else {
-                b.add_rms_norm(&mut ws.h, &ws.ffn, &layer.input_norm, eps, &mut ws.x)?;
+        // The whole step runs on the backend's workers, so its kernels fork work from there
+        // instead of handing each one over from this thread.
+        self.backend.run_step(|| {
+            let b = &self.backend;
+            let ws = &mut self.ws;
+            let (d, eps) = (self.config.hidden_size, self.config.rms_norm_eps);
+            ws.step.build(batch, &self.config)?;
+            let t = ws.step.rows();
+            self.rope.fill(&ws.step.pos, &mut ws.cos_sin_host);
+            b.resize(&mut ws.cos_sin, t, self.rope.dim())?;
+            b.write(&mut ws.cos_sin, &ws.cos_sin_host)?;
+            b.resize(&mut ws.h, t, d)?;
+            b.embedding(&self.embed, &ws.step.tokens, &mut ws.h)?;
+            b.resize(&mut ws.x, t, d)?;
+            for (i, layer) in self.layers.iter().enumerate() {
+                if i == 0 {
+                    b.rms_norm(&ws.h, 0, &layer.input_norm, eps, &mut ws.x)?;
+                } else {
+                    b.add_rms_norm(&mut ws.h, &ws.ffn, &layer.input_norm, eps, &mut ws.x)?;
+                }
+                if let Some(out) = hidden.as_deref_mut() {
+                    Self::capture_with(b, &ws.step, &ws.h, out)?;
+                }
+                let layer_cache = LayerCache { latent: &mut cache.latent[i], index: cache.index.get_mut(i) };
+                layer.attn.forward(
+                    b,
+                    &ws.x,
+                    &ws.cos_sin,
+                    &ws.step,
+                    &self.quant,
+                    layer_cache,
+                    &mut ws.mla,
+                    &mut ws.attn,
+                )?;
+                b.add_rms_norm(&mut ws.h, &ws.attn, &layer.post_norm, eps, &mut ws.x)?;
+                match &layer.ffn {
+                    Ffn::Dense(mlp) => mlp.forward(b, &ws.x, self.quant.linear, &mut ws.mlp, &mut ws.ffn)?,
+                    Ffn::Moe(moe) => moe.forward(b, &ws.x, self.quant.linear, &mut ws.moe, &mut ws.ffn)?,
+                }
             }
-            if let Some(out) = hidden.as_deref_mut() {
-                Self::capture_with(b, &ws.step, &ws.h, out)?;
+            b.add_rms_norm(&mut ws.h, &ws.ffn, &self.norm, eps, &mut ws.x)?;
+            if let Some(out) = hidden {
+                Self::capture_with(b, &ws.step, &ws.x, out)?;
             }
-            let layer_cache = LayerCache { latent: &mut cache.latent[i], index: cache.index.get_mut(i) };
-            layer.attn.forward(b, &ws.x, &ws.cos_sin, &ws.step, &self.quant, layer_cache, &mut ws.mla, &mut ws.attn)?;
-            b.add_rms_norm(&mut ws.h, &ws.attn, &layer.post_norm, eps, &mut ws.x)?;
-            match &layer.ffn {
-                Ffn::Dense(mlp) => mlp.forward(b, &ws.x, self.quant.linear, &mut ws.mlp, &mut ws.ffn)?,
-                Ffn::Moe(moe) => moe.forward(b, &ws.x, self.quant.linear, &mut ws.moe, &mut ws.ffn)?,
+            let n = ws.step.logit_rows.len();
+            b.resize(&mut ws.head_in, n, d)?;
+            for (j, &r) in ws.step.logit_rows.iter().enumerate() {
+                b.copy_rows(&ws.x, r, &mut ws.head_in, j, 1)?;
             }
-        }
-        b.add_rms_norm(&mut ws.h, &ws.ffn, &self.norm, eps, &mut ws.x)?;
-        if let Some(out) = hidden {
-            Self::capture_with(b, &ws.step, &ws.x, out)?;
-        }
-        let n = ws.step.logit_rows.len();
-        b.resize(&mut ws.head_in, n, d)?;
-        for (j, &r) in ws.step.logit_rows.iter().enumerate() {
-            b.copy_rows(&ws.x, r, &mut ws.head_in, j, 1)?;
-        }
-        b.resize(&mut ws.logits, n, self.config.vocab_size)?;
-        b.linear(&ws.head_in, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut ws.logits)
+            b.resize(&mut ws.logits, n, self.config.vocab_size)?;
+            b.linear(&ws.head_in, self.lm_head.as_ref().unwrap_or(&self.embed), None, &mut ws.logits)
+        })
     }
 
     /// Appends `t`'s rows, in the caller's order, to `out`.

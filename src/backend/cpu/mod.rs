@@ -73,6 +73,12 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    /// On a rayon worker: kernels then split work with their siblings directly, where a call
+    /// from another thread would wait for a worker to wake up for every kernel.
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        rayon::join(step, || ()).0
+    }
+
     fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>> {
         Ok(Tensor { buf: vec![0.0; rows * cols], rows, cols })
     }
