@@ -100,7 +100,7 @@ pub fn kv_store(
     n: usize,
 ) -> Result<()> {
     ensure_shape(
-        src.len() == slots.len() * src_cols && src_col + n <= src_cols && dst_col + n <= cache_cols,
+        cache_cols > 0 && src.len() == slots.len() * src_cols && src_col + n <= src_cols && dst_col + n <= cache_cols,
         "kv_store",
         || {
             format!(
@@ -111,6 +111,9 @@ pub fn kv_store(
         },
     )?;
     check_slots(slots, cache.len() / cache_cols, "kv_store")?;
+    if n == 0 {
+        return Ok(());
+    }
     for (row, &s) in src.chunks_exact(src_cols).zip(slots) {
         let s = s as usize;
         cache[s * cache_cols + dst_col..s * cache_cols + dst_col + n].copy_from_slice(&row[src_col..src_col + n]);
@@ -126,10 +129,21 @@ pub fn kv_gather(
     dst: &mut [f32],
     dst_cols: usize,
 ) -> Result<()> {
-    ensure_shape(dst.len() == slots.len() * dst_cols && col + dst_cols <= cache_cols, "kv_gather", || {
-        format!("{} slots into {} values of width {dst_cols} from column {col} of {cache_cols}", slots.len(), dst.len())
-    })?;
+    ensure_shape(
+        cache_cols > 0 && dst.len() == slots.len() * dst_cols && col + dst_cols <= cache_cols,
+        "kv_gather",
+        || {
+            format!(
+                "{} slots into {} values of width {dst_cols} from column {col} of {cache_cols}",
+                slots.len(),
+                dst.len()
+            )
+        },
+    )?;
     check_slots(slots, cache.len() / cache_cols, "kv_gather")?;
+    if dst_cols == 0 {
+        return Ok(());
+    }
     for (row, &s) in dst.chunks_exact_mut(dst_cols).zip(slots) {
         let s = s as usize;
         row.copy_from_slice(&cache[s * cache_cols + col..s * cache_cols + col + dst_cols]);

@@ -21,6 +21,11 @@ pub fn indexer_topk(
     out: &mut [i32],
 ) -> Result<()> {
     let m = queries.pos.len();
+    if m == 0 {
+        return ensure_shape(q.is_empty() && weights.is_empty() && out.is_empty(), "indexer_topk", || {
+            format!("no queries but q {}, weights {}, out {} values", q.len(), weights.len(), out.len())
+        });
+    }
     let n_heads = weights.len() / m.max(1);
     let hd = q.len().checked_div(m * n_heads).unwrap_or(0);
     ensure_shape(
@@ -41,13 +46,28 @@ pub fn indexer_topk(
             )
         },
     )?;
+    if k == 0 {
+        return Ok(());
+    }
     let slots_in_cache = cache.len() / hd;
     out.par_chunks_mut(k).enumerate().try_for_each(|(i, out_row)| -> Result<()> {
         let (pos, seq) = (queries.pos[i] as usize, queries.seq[i] as usize);
+        let slot = |t: usize| {
+            pages
+                .slot(seq, t)
+                .filter(|&s| s < slots_in_cache)
+                .ok_or_else(|| Error::Input(format!("position {t} of sequence {seq} has no cache page")))
+        };
         let n = pos + 1;
         if n <= k {
+            // Every position is selected; the scores are not needed, but the pages must exist.
             for (j, o) in out_row.iter_mut().enumerate() {
-                *o = if j < n { j as i32 } else { -1 };
+                *o = if j < n {
+                    slot(j)?;
+                    j as i32
+                } else {
+                    -1
+                };
             }
             return Ok(());
         }
@@ -55,11 +75,8 @@ pub fn indexer_topk(
         let wi = &weights[i * n_heads..(i + 1) * n_heads];
         let mut scores = pool.take(n);
         for (t, s) in scores.iter_mut().enumerate() {
-            let slot = pages
-                .slot(seq, t)
-                .filter(|&s| s < slots_in_cache)
-                .ok_or_else(|| Error::Input(format!("position {t} of sequence {seq} has no cache page")))?;
-            let key = &cache[slot * hd..(slot + 1) * hd];
+            let s_t = slot(t)?;
+            let key = &cache[s_t * hd..(s_t + 1) * hd];
             let mut acc = 0.0f32;
             for (qh, &w) in qi.chunks_exact(hd).zip(wi) {
                 acc += w * weight_scale * dot(qh, key).max(0.0);

@@ -150,7 +150,11 @@ pub fn linear(
     ensure_shape(x.len() == m * k && out.len() == m * n, "linear", || {
         format!("x has {} values for [{m}, {k}], out {} for [{m}, {n}]", x.len(), out.len())
     })?;
-    if m == 0 {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        out.fill(0.0);
         return Ok(());
     }
     let mut xq = None;

@@ -228,7 +228,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         same_shape(residual, delta, "add_rms_norm")?;
         same_shape(residual, out, "add_rms_norm")?;
-        norm::add_rms_norm(&mut residual.buf, &delta.buf, &w.buf, eps, &mut out.buf)
+        norm::add_rms_norm(&mut residual.buf, residual.cols, &delta.buf, &w.buf, eps, &mut out.buf)
     }
 
     fn layer_norm(&self, x: &mut Tensor<Self>, w: &Tensor<Self>, b: &Tensor<Self>, eps: f32) -> Result<()> {

@@ -124,6 +124,10 @@ pub fn moe_experts(
         "moe_experts",
         || format!("x {} values, idx {}, weights {}, out {}, hidden {d}", x.len(), idx.len(), weights.len(), out.len()),
     )?;
+    if k == 0 {
+        out.fill(0.0);
+        return Ok(());
+    }
     if let Some(&bad) = idx.iter().find(|&&e| e < 0 || e as usize >= experts.len()) {
         return Err(Error::shape("moe_experts", format!("expert id {bad} of {}", experts.len())));
     }

@@ -7,9 +7,10 @@ use crate::error::{ensure_shape, Result};
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 8;
 
+/// Sums in f64: exact enough that the result does not depend on the width.
 fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ms + eps).sqrt();
+    let ms = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64;
+    let r = (1.0 / (ms + f64::from(eps)).sqrt()) as f32;
     for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
         *o = w * (v * r);
     }
@@ -31,10 +32,18 @@ pub fn rms_norm(x: &[f32], x_cols: usize, col0: usize, w: &[f32], eps: f32, out:
 }
 
 /// `residual += delta; out = rms_norm(residual)`.
-pub fn add_rms_norm(residual: &mut [f32], delta: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
+/// `residual += delta; out = rms_norm(residual)` over rows of `cols` values.
+pub fn add_rms_norm(
+    residual: &mut [f32],
+    cols: usize,
+    delta: &[f32],
+    w: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) -> Result<()> {
     let n = w.len();
     ensure_shape(
-        n > 0 && residual.len() == delta.len() && out.len() == residual.len() && out.len() % n == 0,
+        n > 0 && residual.len() == delta.len() && out.len() == residual.len() && out.len() % n == 0 && cols == n,
         "add_rms_norm",
         || format!("residual {}, delta {}, out {}, width {n}", residual.len(), delta.len(), out.len()),
     )?;
@@ -60,11 +69,11 @@ pub fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32], eps: f32) -> Result<()> {
     })?;
     x.par_chunks_mut(n * ROWS_PER_TASK).for_each(|c| {
         for row in c.chunks_exact_mut(n) {
-            let mean = row.iter().sum::<f32>() / n as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-            let r = 1.0 / (var + eps).sqrt();
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+            let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n as f64;
+            let r = 1.0 / (var + f64::from(eps)).sqrt();
             for ((v, w), b) in row.iter_mut().zip(w).zip(b) {
-                *v = (*v - mean) * r * w + b;
+                *v = ((f64::from(*v) - mean) * r) as f32 * w + b;
             }
         }
     });

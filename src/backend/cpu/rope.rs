@@ -19,6 +19,9 @@ pub fn rope(x: &mut [f32], cols: usize, heads: HeadCols, cos_sin: &[f32], layout
         "rope",
         || format!("{rows} rows of {cols}, heads {heads:?}, cos_sin {} values", cos_sin.len()),
     )?;
+    if heads.dim == 0 || heads.n_heads == 0 {
+        return Ok(());
+    }
     x.par_chunks_mut(cols).zip(cos_sin.par_chunks(heads.dim)).for_each(|(row, cs)| {
         let (cos, sin) = cs.split_at(half);
         for h in 0..heads.n_heads {
