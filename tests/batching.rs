@@ -41,7 +41,7 @@ struct Seq {
     logits: Vec<f32>,
 }
 
-fn check(name: &str, act: ActQuant, tol: f64) {
+fn check(name: &str, act: ActQuant, tol: Tol) {
     let mut model = load_model(name, act);
     let vocab = model.config().vocab_size;
     // (prompt length, continuation length, chunk lengths fed at steps 0, 1, …)
@@ -100,19 +100,31 @@ fn check(name: &str, act: ActQuant, tol: f64) {
         }
     }
     for (i, (s, w)) in seqs.iter().zip(&want).enumerate() {
-        let r = assert_close(&format!("{name} sequence {i} batched vs alone"), &s.logits, &to_f64(w), vocab, tol);
-        println!("{name} {act:?} sequence {i}: {r}");
+        let what = format!("{name} {act:?} sequence {i} batched vs alone");
+        let r = compare(&s.logits, &to_f64(w), vocab);
+        println!("{what}: {r}");
+        assert!(r.nonfinite_mismatch.is_empty(), "{what}: non-finite values differ");
+        assert!(r.median_rel() <= tol.median && r.max_rel() <= tol.worst, "{what}: {r}, bounds {tol:?}");
+        assert_eq!(argmax_agreement(&s.logits, &to_f64(w), vocab), 1.0, "{what}: argmax differs");
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tol {
+    median: f64,
+    worst: f64,
 }
 
 #[test]
 fn mixed_batches_match_sequences_alone() {
-    // Batching changes which GEMM path a row takes and so the f32 summation order. With FP8
-    // activations a last-bit difference could flip an e4m3 rounding; on these inputs none does
-    // (measured: at most 6.3e-7), and a change that makes one appear should be looked at.
-    for act in [ActQuant::None, ActQuant::Fp8] {
-        for name in ["tiny-v3", "tiny-v32", "tiny-v32-fp8"] {
-            check(name, act, 1e-5);
+    // Batching changes which GEMM path a row takes and so the f32 summation order. In f32 that
+    // is invisible; with FP8 activations a last-bit difference can flip one e4m3 rounding (on
+    // odd-v32-fp8 one position moves by 3.8e-4), so there only the median is held tight.
+    for (act, tol) in
+        [(ActQuant::None, Tol { median: 1e-5, worst: 1e-5 }), (ActQuant::Fp8, Tol { median: 1e-5, worst: 1e-2 })]
+    {
+        for name in ["tiny-v3", "tiny-v32", "tiny-v32-fp8", "odd-v32-fp8", "odd-v3-bf16"] {
+            check(name, act, tol);
         }
     }
 }
