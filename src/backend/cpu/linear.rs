@@ -114,7 +114,7 @@ impl CpuLinear {
         let kb = blocks(k);
         let crow = &codes.as_slice()[r * k..(r + 1) * k];
         let srow = &scales[(r / FP8_BLOCK) * kb..(r / FP8_BLOCK + 1) * kb];
-        Some(x.chunks(FP8_BLOCK).zip(crow.chunks(FP8_BLOCK)).zip(srow).map(|((x, c), &s)| dot_e4m3(x, c) * s).sum())
+        Some(dot_e4m3(x, crow, srow, FP8_BLOCK))
     }
 
     /// Row `r` as f32: borrowed for f32 weights, dequantized into `buf` otherwise.

@@ -360,7 +360,7 @@ impl Backend for CpuBackend {
             },
         )?;
         indexer::indexer_topk(
-            &self.pools.f32,
+            &self.pools,
             &q.buf,
             &weights.buf,
             weight_scale,

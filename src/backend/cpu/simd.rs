@@ -19,6 +19,30 @@ mod portable {
         acc.iter().sum::<f32>() + tail
     }
 
+    /// One element of `dots`: eight lanes over `d`, summed pairwise, then the tail.
+    fn dot8(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let tail = ca.remainder().iter().zip(cb.remainder()).fold(0.0f32, |t, (x, y)| x * y + t);
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        let s: [f32; 4] = std::array::from_fn(|l| acc[l] + acc[l + 4]);
+        let (s0, s1) = (s[0] + s[2], s[1] + s[3]);
+        (s0 + s1) + tail
+    }
+
+    pub fn dots(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
+        let nb = b.len() / d;
+        for (i, ra) in a.chunks_exact(d).enumerate() {
+            for (j, rb) in b.chunks_exact(d).enumerate() {
+                out[i * nb + j] = dot8(ra, rb);
+            }
+        }
+    }
+
     pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         for (y, x) in y.iter_mut().zip(x) {
             *y += a * x;
@@ -80,6 +104,74 @@ mod avx2 {
         hsum(sum) + portable::dot(&a[i..n], &b[i..n])
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tail(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).fold(0.0f32, |t, (x, y)| x.mul_add(*y, t))
+    }
+
+    /// One element of `dots`, in the order every element of it uses.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot8(a: &[f32], b: &[f32], d8: usize) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut k = 0;
+        while k < d8 {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(k)), _mm256_loadu_ps(b.as_ptr().add(k)), acc);
+            k += 8;
+        }
+        hsum(acc) + tail(&a[d8..], &b[d8..])
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `a` and `b` hold whole rows of `d` values and `out` has
+    /// room for every pair.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
+        let (na, nb) = (a.len() / d, b.len() / d);
+        let d8 = d / 8 * 8;
+        let row = |m: &[f32], r: usize| m.as_ptr().add(r * d);
+        let mut i = 0;
+        while i < na {
+            let mut j = 0;
+            if i + 4 <= na {
+                // 4 rows of a against 2 of b: eight independent accumulators, each element
+                // still summed exactly as `dot8` sums it.
+                while j + 2 <= nb {
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    let mut k = 0;
+                    while k < d8 {
+                        let y0 = _mm256_loadu_ps(row(b, j).add(k));
+                        let y1 = _mm256_loadu_ps(row(b, j + 1).add(k));
+                        for r in 0..4 {
+                            let x = _mm256_loadu_ps(row(a, i + r).add(k));
+                            acc[2 * r] = _mm256_fmadd_ps(x, y0, acc[2 * r]);
+                            acc[2 * r + 1] = _mm256_fmadd_ps(x, y1, acc[2 * r + 1]);
+                        }
+                        k += 8;
+                    }
+                    for r in 0..4 {
+                        let ra = &a[(i + r) * d..(i + r + 1) * d];
+                        for c in 0..2 {
+                            let rb = &b[(j + c) * d..(j + c + 1) * d];
+                            out[(i + r) * nb + j + c] = hsum(acc[2 * r + c]) + tail(&ra[d8..], &rb[d8..]);
+                        }
+                    }
+                    j += 2;
+                }
+                for r in 0..4 {
+                    for jj in j..nb {
+                        out[(i + r) * nb + jj] = dot8(&a[(i + r) * d..(i + r + 1) * d], &b[jj * d..(jj + 1) * d], d8);
+                    }
+                }
+                i += 4;
+            } else {
+                for jj in 0..nb {
+                    out[i * nb + jj] = dot8(&a[i * d..(i + 1) * d], &b[jj * d..(jj + 1) * d], d8);
+                }
+                i += 1;
+            }
+        }
+    }
+
     /// # Safety
     /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
@@ -96,17 +188,16 @@ mod avx2 {
         portable::axpy(&mut y[i..n], a, &x[i..n]);
     }
 
-    /// Eight e4m3 codes to f32 through f16: the code's exponent and mantissa bits placed in an
-    /// f16 give the value times 2^-8 (subnormals included), widened by F16C; NaN codes map to
-    /// an f16 NaN.
+    /// Eight e4m3 codes as f16 bits worth 2^-8 times their value (subnormals included): with
+    /// the code in the high byte of each 16-bit lane, an arithmetic shift right by one puts the
+    /// sign, exponent and mantissa where f16 keeps them. NaN codes become an f16 NaN.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn e4m3x8(p: *const u8, scale: __m256) -> __m256 {
-        let c = _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i));
-        let mag = _mm_and_si128(c, _mm_set1_epi16(0x7f));
-        let nan = _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f));
-        let sign = _mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8);
-        let bits = _mm_or_si128(_mm_or_si128(_mm_slli_epi16(mag, 7), sign), _mm_and_si128(nan, _mm_set1_epi16(0x7e00)));
-        _mm256_mul_ps(_mm256_cvtph_ps(bits), scale)
+    unsafe fn e4m3x8(p: *const u8) -> __m256 {
+        let high = _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64(p as *const __m128i));
+        let bits = _mm_and_si128(_mm_srai_epi16(high, 1), _mm_set1_epi16(0xbf80u16 as i16));
+        let mag = _mm_set1_epi16(0x3f80);
+        let nan = _mm_cmpeq_epi16(_mm_and_si128(bits, mag), mag);
+        _mm256_cvtph_ps(_mm_or_si128(bits, _mm_and_si128(nan, _mm_set1_epi16(0x7e00))))
     }
 
     /// # Safety
@@ -117,31 +208,38 @@ mod avx2 {
         let s = _mm256_set1_ps(scale * 256.0);
         let mut i = 0;
         while i + 8 <= n {
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), e4m3x8(codes.as_ptr().add(i), s));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(e4m3x8(codes.as_ptr().add(i)), s));
             i += 8;
         }
         portable::decode_e4m3(&codes[i..n], scale, &mut out[i..n]);
     }
 
-    /// `Σ x[i]·e4m3(codes[i])`, decoding in registers.
+    /// `Σ_b scales[b] · Σ x[i]·e4m3(codes[i])` over blocks of `block` values, decoding in
+    /// registers.
     ///
     /// # Safety
     /// The CPU supports AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_e4m3(x: &[f32], codes: &[u8]) -> f32 {
+    pub unsafe fn dot_e4m3(x: &[f32], codes: &[u8], scales: &[f32], block: usize) -> f32 {
         let n = codes.len().min(x.len());
-        let s = _mm256_set1_ps(256.0);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= n {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let w = e4m3x8(codes.as_ptr().add(i + 8 * j), s);
-                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), w, *acc);
+        let mut total = _mm256_setzero_ps();
+        let mut tail = 0.0f32;
+        for (b, &s) in scales.iter().enumerate().take(n.div_ceil(block)) {
+            let (start, end) = (b * block, ((b + 1) * block).min(n));
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut i = start;
+            while i + 16 <= end {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let w = e4m3x8(codes.as_ptr().add(i + 8 * j));
+                    *acc = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i + 8 * j)), w, *acc);
+                }
+                i += 16;
             }
-            i += 16;
+            // f16 exponents are biased by 15, e4m3's by 7.
+            total = _mm256_fmadd_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_set1_ps(s * 256.0), total);
+            tail += s * x[i..end].iter().zip(&codes[i..end]).map(|(x, &c)| x * portable::e4m3(c)).sum::<f32>();
         }
-        let tail: f32 = x[i..n].iter().zip(&codes[i..n]).map(|(x, &c)| x * portable::e4m3(c)).sum();
-        hsum(_mm256_add_ps(acc[0], acc[1])) + tail
+        hsum(total) + tail
     }
 
     /// # Safety
@@ -194,6 +292,14 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dispatch!(dot(a, b))
 }
 
+/// `out[i·nb + j] = a_i · b_j` for the `d`-wide rows of `a` and the `nb` rows of `b`. Every
+/// element is summed in the same order, whatever its place in the matrices, so a pair of rows
+/// scores the same in any batch.
+pub fn dots(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
+    assert!(d > 0 && a.len() % d == 0 && b.len() % d == 0 && out.len() == a.len() / d * (b.len() / d));
+    dispatch!(dots(a, b, d, out))
+}
+
 /// `y += a·x` over the shorter of the two.
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -206,15 +312,20 @@ pub fn decode_e4m3(codes: &[u8], scale: f32, out: &mut [f32]) {
     dispatch!(decode_e4m3(codes, scale, out))
 }
 
-/// `Σ x[i]·e4m3(codes[i])` over the shorter of the two.
+/// `Σ_b scales[b] · Σ x[i]·e4m3(codes[i])` over blocks of `block` values (the last may be
+/// partial): one row of an FP8 block-scaled GEMM.
 #[inline]
-pub fn dot_e4m3(x: &[f32], codes: &[u8]) -> f32 {
+pub fn dot_e4m3(x: &[f32], codes: &[u8], scales: &[f32], block: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked above).
-        return unsafe { avx2::dot_e4m3(x, codes) };
+        return unsafe { avx2::dot_e4m3(x, codes, scales, block) };
     }
-    x.iter().zip(codes).map(|(x, &c)| x * portable::e4m3(c)).sum()
+    x.chunks(block)
+        .zip(codes.chunks(block))
+        .zip(scales)
+        .map(|((x, c), s)| s * x.iter().zip(c).map(|(x, &c)| x * portable::e4m3(c)).sum::<f32>())
+        .sum()
 }
 
 /// Little-endian bf16 values to f32.
@@ -280,8 +391,26 @@ mod tests {
             }
             let xs = values(c.len());
             let finite: Vec<u8> = c.iter().map(|&c| if c & 0x7f == 0x7f { 0 } else { c }).collect();
-            let want: f32 = xs.iter().zip(&finite).map(|(x, &c)| x * portable::e4m3(c)).sum();
-            assert!((dot_e4m3(&xs, &finite) - want).abs() <= 1e-4 * want.abs().max(1.0), "dot_e4m3 {n}");
+            let scales: Vec<f32> = (0..c.len().div_ceil(40)).map(|b| 0.5 + b as f32).collect();
+            let want: f32 =
+                xs.iter().zip(&finite).enumerate().map(|(i, (x, &c))| scales[i / 40] * x * portable::e4m3(c)).sum();
+            let got = dot_e4m3(&xs, &finite, &scales, 40);
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "dot_e4m3 {n}: {got} vs {want}");
+
+            let (qa, kb) = (values(5 * n), values(3 * n + 7));
+            if n > 0 {
+                let mut got = vec![0.0; 15];
+                dots(&qa, &kb[..3 * n], n, &mut got);
+                for (e, g) in got.iter().enumerate() {
+                    let (i, j) = (e / 3, e % 3);
+                    let want = portable::dot(&qa[i * n..(i + 1) * n], &kb[j * n..(j + 1) * n]);
+                    assert!((g - want).abs() <= 1e-4 * want.abs().max(1.0), "dots {n} ({i}, {j})");
+                    // Equal rows score equally wherever they sit.
+                    let mut one = [0.0];
+                    dots(&qa[i * n..(i + 1) * n], &kb[j * n..(j + 1) * n], n, &mut one);
+                    assert_eq!(one[0], *g, "dots {n} ({i}, {j}) alone vs blocked");
+                }
+            }
 
             let bytes: Vec<u8> = values(n).iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
             let (mut got, mut want) = (vec![0.0; n], vec![0.0; n]);
