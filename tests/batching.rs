@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use flashseek::backend::{Backend, CpuBackend};
 use flashseek::kv_cache::{KvCache, BLOCK_SIZE};
-use flashseek::model::{ActQuant, Logits, Model, SeqInput};
+use flashseek::model::{ActQuant, Logits, SeqInput};
 
 /// Token `i` of a deterministic pseudo-random sequence over the vocabulary.
 fn tokens(seed: u32, n: usize, vocab: usize) -> Vec<u32> {
@@ -19,17 +19,6 @@ fn tokens(seed: u32, n: usize, vocab: usize) -> Vec<u32> {
             x % vocab as u32
         })
         .collect()
-}
-
-/// Each sequence alone: its prompt in one prefill, then its continuation one token at a time.
-/// Returns the logits of every position.
-fn alone(model: &mut Model<CpuBackend>, prompt: &[u32], cont: &[u32]) -> Vec<f32> {
-    let mut s = Session::new(model, prompt.len() + cont.len());
-    let mut all = s.feed(model, prompt, Logits::All);
-    for t in cont {
-        all.extend(s.feed(model, std::slice::from_ref(t), Logits::All));
-    }
-    all
 }
 
 struct Seq {
@@ -58,8 +47,11 @@ fn check(name: &str, act: ActQuant, tol: Tol) {
             logits: Vec::new(),
         })
         .collect();
-    let want: Vec<Vec<f32>> =
-        seqs.iter().zip(&shapes).map(|(s, &(p, _, _))| alone(&mut model, &s.tokens[..p], &s.tokens[p..])).collect();
+    let want: Vec<Vec<f32>> = seqs
+        .iter()
+        .zip(&shapes)
+        .map(|(s, &(p, _, _))| teacher_forced(&mut model, &s.tokens[..p], &s.tokens[p..], Logits::All))
+        .collect();
 
     let total_blocks: usize = seqs.iter().map(|s| s.tokens.len().div_ceil(BLOCK_SIZE)).sum();
     let mut cache: KvCache<CpuBackend> = model.new_cache(total_blocks + 2).unwrap();

@@ -31,44 +31,6 @@ fn ints(rows: usize, cols: usize, data: Vec<i32>) -> IntTensor<CpuBackend> {
 /// largest `Σ_h |w_h·ws|·‖q_h‖‖k_t‖`) counts as a near-tie that f32 rounding could flip.
 const MARGIN: f64 = 1e-5;
 
-/// An index-key cache over sequences of `lens` positions in shuffled blocks; every row no
-/// sequence holds is NaN. Keys come from `key(rng, seq, pos)`.
-struct KeyCache {
-    lens: Vec<usize>,
-    tables: Vec<Vec<u32>>,
-    blocks: Vec<u32>,
-    starts: Vec<u32>,
-    cache: Vec<f32>,
-    slots: usize,
-    hd: usize,
-}
-
-impl KeyCache {
-    fn new(rng: &mut rf::Rng, lens: Vec<usize>, hd: usize, mut key: impl FnMut(&mut rf::Rng) -> Vec<f32>) -> Self {
-        let used: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum();
-        let num_blocks = used + rng.below(3);
-        let (tables, blocks, starts) = rf::gen_tables(rng, &lens, num_blocks);
-        let slots = num_blocks * BLOCK_SIZE;
-        let mut cache = vec![f32::NAN; slots * hd];
-        for (s, &len) in lens.iter().enumerate() {
-            for t in 0..len {
-                let row = rf::slot(&tables[s], t);
-                cache[row * hd..(row + 1) * hd].copy_from_slice(&key(rng));
-            }
-        }
-        KeyCache { lens, tables, blocks, starts, cache, slots, hd }
-    }
-
-    fn pages(&self) -> Pages<'_> {
-        Pages { block_size: BLOCK_SIZE, blocks: &self.blocks, starts: &self.starts }
-    }
-
-    fn key(&self, seq: usize, t: usize) -> &[f32] {
-        let row = rf::slot(&self.tables[seq], t);
-        &self.cache[row * self.hd..(row + 1) * self.hd]
-    }
-}
-
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
 }
@@ -88,7 +50,7 @@ enum Ties {
 /// as `ties` asks.
 #[allow(clippy::too_many_arguments)]
 fn robust(
-    kc: &KeyCache,
+    kc: &rf::PagedCache,
     q: &[f32],
     w: &[f32],
     ws: f32,
@@ -101,11 +63,11 @@ fn robust(
     let n_heads = w.len();
     let mut scale: f64 = 0.0;
     for t in 0..=pos {
-        let key = kc.key(seq, t);
+        let key = kc.row(seq, t);
         let nk = norm(key);
         let mut s = 0.0;
         for h in 0..n_heads {
-            let qh = &q[h * kc.hd..(h + 1) * kc.hd];
+            let qh = &q[h * kc.width..(h + 1) * kc.width];
             let dot: f64 = qh.iter().zip(key).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
             let size = norm(qh) * nk;
             if size > 0.0 && dot.abs() < MARGIN * size {
@@ -146,13 +108,13 @@ fn gen_queries(rng: &mut rf::Rng, lens: &[usize]) -> Vec<(u32, u32)> {
 fn check_case(
     b: &CpuBackend,
     rng: &mut rf::Rng,
-    kc: &KeyCache,
+    kc: &rf::PagedCache,
     n_heads: usize,
     k: usize,
     ties: Ties,
     mut draw_query: impl FnMut(&mut rf::Rng) -> (Vec<f32>, Vec<f32>),
 ) -> Result<(usize, usize), TestCaseError> {
-    let hd = kc.hd;
+    let hd = kc.width;
     let ws = (1.0 / ((n_heads * hd) as f64).sqrt()) as f32;
     let qs = gen_queries(rng, &kc.lens);
     let m = qs.len();
@@ -222,7 +184,7 @@ fn indexer_topk_without_near_ties() {
     let strategy = (lens_strategy(), 1usize..9, hd, k_strategy(), any::<u64>());
     rf::run("indexer_topk (no near-ties)", 128, strategy, |(lens, n_heads, hd, k, seed), t| {
         let mut rng = rf::Rng::new(seed);
-        let kc = KeyCache::new(&mut rng, lens, hd, |r| r.normals(hd, 1.0));
+        let kc = rf::PagedCache::new(&mut rng, lens, hd, |r| r.normals(hd, 1.0));
         let (rows, ties) = check_case(&b, &mut rng, &kc, n_heads, k, Ties::AtBoundaryApart, |r| {
             (r.normals(n_heads * hd, 1.0), r.normals(n_heads, 1.0))
         })?;
@@ -242,7 +204,7 @@ fn indexer_topk_exact_ties_go_to_the_earlier_position() {
         // are negative wherever the first's are positive, often scoring an exact 0) and zero.
         let a = rng.normals(hd, 1.0);
         let pool = [a.clone(), rng.normals(hd, 1.0), a.iter().map(|v| -v).collect(), vec![0.0; hd]];
-        let kc = KeyCache::new(&mut rng, lens, hd, |r| pool[r.below(4)].clone());
+        let kc = rf::PagedCache::new(&mut rng, lens, hd, |r| pool[r.below(4)].clone());
         // Positive head weights, so zero is the lowest score and many positions tie there.
         let (rows, ties) = check_case(&b, &mut rng, &kc, n_heads, k, Ties::Structural, |r| {
             (r.normals(n_heads * hd, 1.0), (0..n_heads).map(|_| r.range(0.1, 1.0) as f32).collect())
@@ -258,7 +220,7 @@ fn indexer_topk_missing_pages_and_bad_shapes_are_errors() {
     let b = CpuBackend::new();
     let mut rng = rf::Rng::new(4);
     let (hd, n_heads, k) = (8, 2, 4);
-    let kc = KeyCache::new(&mut rng, vec![70, 10], hd, |r| r.normals(hd, 1.0));
+    let kc = rf::PagedCache::new(&mut rng, vec![70, 10], hd, |r| r.normals(hd, 1.0));
     let cache = tensor(kc.slots, hd, kc.cache.clone());
     let q = tensor(1, n_heads * hd, rng.normals(n_heads * hd, 1.0));
     let w = tensor(1, n_heads, vec![0.5, 0.7]);
@@ -285,7 +247,7 @@ fn indexer_topk_missing_pages_and_bad_shapes_are_errors() {
 fn indexer_topk_with_k_zero_does_not_panic() {
     let b = CpuBackend::new();
     let mut rng = rf::Rng::new(8);
-    let kc = KeyCache::new(&mut rng, vec![10], 4, |r| r.normals(4, 1.0));
+    let kc = rf::PagedCache::new(&mut rng, vec![10], 4, |r| r.normals(4, 1.0));
     let r = catch_unwind(AssertUnwindSafe(|| {
         b.indexer_topk(
             &tensor(1, 4, vec![1.0; 4]),

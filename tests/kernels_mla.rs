@@ -41,43 +41,7 @@ fn wtype_strategy() -> impl Strategy<Value = WType> {
     prop_oneof![Just(WType::F32), Just(WType::Bf16), Just(WType::Fp8)]
 }
 
-/// A paged latent cache with sequences of `lens` positions: valid rows random, every other row
-/// NaN.
-struct PagedCache {
-    lens: Vec<usize>,
-    tables: Vec<Vec<u32>>,
-    blocks: Vec<u32>,
-    starts: Vec<u32>,
-    cache: Vec<f32>,
-    slots: usize,
-}
-
-impl PagedCache {
-    fn new(rng: &mut rf::Rng, lens: Vec<usize>, width: usize) -> Self {
-        let used: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum();
-        let num_blocks = used + rng.below(3);
-        let (tables, blocks, starts) = rf::gen_tables(rng, &lens, num_blocks);
-        let slots = num_blocks * BLOCK_SIZE;
-        let mut cache = vec![f32::NAN; slots * width];
-        for (s, &len) in lens.iter().enumerate() {
-            for t in 0..len {
-                let row = rf::slot(&tables[s], t);
-                for c in 0..width {
-                    cache[row * width + c] = rng.normal() as f32;
-                }
-            }
-        }
-        PagedCache { lens, tables, blocks, starts, cache, slots }
-    }
-
-    fn pages(&self) -> Pages<'_> {
-        Pages { block_size: BLOCK_SIZE, blocks: &self.blocks, starts: &self.starts }
-    }
-}
-
-/// Query rows over the sequences of `pc`: 1..=3 per sequence (one at its last position), at
-/// random positions, in shuffled order. Returns `(pos, seq)`.
-fn gen_queries(rng: &mut rf::Rng, pc: &PagedCache) -> (Vec<u32>, Vec<u32>) {
+fn gen_queries(rng: &mut rf::Rng, pc: &rf::PagedCache) -> (Vec<u32>, Vec<u32>) {
     let mut q = Vec::new();
     for (s, &len) in pc.lens.iter().enumerate() {
         q.push((len as u32 - 1, s as u32));
@@ -119,7 +83,7 @@ fn mla_decode_dense_and_sparse_vs_expanded_attention() {
         let (host, refw) =
             rf::gen_linear(&mut rng, wt, d.heads * (d.nope + d.v), d.kv_lora, 1.0 / (d.kv_lora as f64).sqrt());
         let kv_b = b.load_linear(&host).expect("load_linear");
-        let pc = PagedCache::new(&mut rng, lens.clone(), lat);
+        let pc = rf::PagedCache::new(&mut rng, lens.clone(), lat, |r| r.normals(lat, 1.0));
         let (pos, seq) = gen_queries(&mut rng, &pc);
         let m = pos.len();
         let topk: Option<Vec<i32>> = sparse
@@ -166,7 +130,7 @@ fn mla_decode_missing_pages_are_errors() {
     let lat = d.latent();
     let mut rng = rf::Rng::new(9);
     // Two sequences of 70 and 10 positions: two blocks and one.
-    let pc = PagedCache::new(&mut rng, vec![70, 10], lat);
+    let pc = rf::PagedCache::new(&mut rng, vec![70, 10], lat, |r| r.normals(lat, 1.0));
     let cache = tensor(pc.slots, lat, pc.cache.clone());
     let q_lat = tensor(1, d.heads * lat, rng.normals(d.heads * lat, 1.0));
     let mut out = tensor(1, d.heads * d.kv_lora, vec![0.0; d.heads * d.kv_lora]);

@@ -26,16 +26,6 @@ fn generate(model: &mut Model<CpuBackend>, prompt: &[u32], n: usize) -> (Vec<u32
     (tokens, all)
 }
 
-/// Logits after the prompt and after each forced token (teacher forcing).
-fn forced(model: &mut Model<CpuBackend>, prompt: &[u32], forced: &[u32]) -> Vec<f32> {
-    let mut s = Session::new(model, prompt.len() + forced.len());
-    let mut all = s.feed(model, prompt, Logits::Last);
-    for t in forced {
-        all.extend(s.feed(model, std::slice::from_ref(t), Logits::Last));
-    }
-    all
-}
-
 struct Bounds {
     median: f64,
     worst: f64,
@@ -115,7 +105,7 @@ fn check_fp8(name: &str) {
 
     let prompt = refs["gen_prompt"].ids();
     let gen = refs["gen_tokens"].ids();
-    let teacher = forced(&mut model, &prompt, &gen[..gen.len() - 1]);
+    let teacher = teacher_forced(&mut model, &prompt, &gen[..gen.len() - 1], Logits::Last);
     check_bounds(&format!("{name} fp8 gen_logits"), &teacher, &refs8["gen_logits"], &gen_bounds);
 
     let want = refs8["gen_tokens_fp8"].ids();

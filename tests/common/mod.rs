@@ -207,6 +207,22 @@ pub fn logits_of(model: &mut Model<CpuBackend>, ids: &[u32], decode: bool) -> Ve
     }
 }
 
+/// `prompt` in one prefill, then `forced` one token at a time (teacher forcing): the prompt's
+/// logits as `prompt_logits` asks, then one row after each forced token.
+pub fn teacher_forced(
+    model: &mut Model<CpuBackend>,
+    prompt: &[u32],
+    forced: &[u32],
+    prompt_logits: Logits,
+) -> Vec<f32> {
+    let mut s = Session::new(model, prompt.len() + forced.len());
+    let mut all = s.feed(model, prompt, prompt_logits);
+    for t in forced {
+        all.extend(s.feed(model, std::slice::from_ref(t), Logits::Last));
+    }
+    all
+}
+
 pub fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {

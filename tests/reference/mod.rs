@@ -765,6 +765,46 @@ pub fn gen_tables(rng: &mut Rng, lens: &[usize], num_blocks: usize) -> (Vec<Vec<
     (tables, blocks, starts)
 }
 
+/// A paged cache over sequences of `lens` positions in shuffled blocks: row `t` of sequence
+/// `s` holds `fill(rng)` (`width` values); every row no sequence holds is NaN, so a kernel that
+/// reads one shows it.
+pub struct PagedCache {
+    pub lens: Vec<usize>,
+    pub tables: Vec<Vec<u32>>,
+    pub blocks: Vec<u32>,
+    pub starts: Vec<u32>,
+    pub cache: Vec<f32>,
+    pub slots: usize,
+    pub width: usize,
+}
+
+impl PagedCache {
+    pub fn new(rng: &mut Rng, lens: Vec<usize>, width: usize, mut fill: impl FnMut(&mut Rng) -> Vec<f32>) -> Self {
+        let used: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum();
+        let num_blocks = used + rng.below(3);
+        let (tables, blocks, starts) = gen_tables(rng, &lens, num_blocks);
+        let slots = num_blocks * BLOCK_SIZE;
+        let mut cache = vec![f32::NAN; slots * width];
+        for (s, &len) in lens.iter().enumerate() {
+            for t in 0..len {
+                let row = slot(&tables[s], t);
+                cache[row * width..(row + 1) * width].copy_from_slice(&fill(rng));
+            }
+        }
+        PagedCache { lens, tables, blocks, starts, cache, slots, width }
+    }
+
+    pub fn pages(&self) -> flashseek::backend::Pages<'_> {
+        flashseek::backend::Pages { block_size: BLOCK_SIZE, blocks: &self.blocks, starts: &self.starts }
+    }
+
+    /// The cached row of position `t` of sequence `seq`.
+    pub fn row(&self, seq: usize, t: usize) -> &[f32] {
+        let r = slot(&self.tables[seq], t);
+        &self.cache[r * self.width..(r + 1) * self.width]
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // MLA
 // ---------------------------------------------------------------------------------------------
