@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::linear::CpuLinear;
+use super::min_len;
 use super::scratch::Pool;
 use super::simd::{axpy, dot, SharedMut};
 use crate::backend::{MlaDims, Pages, PrefillSeq, Queries};
@@ -37,6 +38,16 @@ impl Iterator for Candidates<'_> {
                 self.next += 1;
                 self.next - 1
             }),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.list {
+            Some(it) => (0, Some(it.len())),
+            None => {
+                let n = (self.pos + 1).saturating_sub(self.next);
+                (n, Some(n))
+            }
         }
     }
 }
@@ -76,7 +87,8 @@ pub fn absorb_q(pool: &Pool<f32>, q: &[f32], kv_b: &CpuLinear, d: MlaDims, m: us
         },
     )?;
     let dst = SharedMut::new(out);
-    (0..d.heads).into_par_iter().for_each(|h| {
+    let work = m * d.heads * d.nope * d.kv_lora;
+    (0..d.heads).into_par_iter().with_min_len(min_len(d.heads, work)).for_each(|h| {
         let mut w = pool.take(d.nope * d.kv_lora);
         kv_b.dequant_rows(h * (d.nope + d.v), &mut w);
         let row_stride = d.heads * qk;
@@ -131,7 +143,8 @@ pub fn absorb_out(
         || format!("o_lat {} values, out {} for {m} rows, dims {d:?}", o_lat.len(), out.len()),
     )?;
     let dst = SharedMut::new(out);
-    (0..d.heads).into_par_iter().for_each(|h| {
+    let work = m * d.heads * d.v * d.kv_lora;
+    (0..d.heads).into_par_iter().with_min_len(min_len(d.heads, work)).for_each(|h| {
         let mut w = pool.take(d.v * d.kv_lora);
         kv_b.dequant_rows(h * (d.nope + d.v) + d.nope, &mut w);
         let lhs = &o_lat[h * d.kv_lora..];
@@ -198,7 +211,10 @@ pub fn mla_decode(
     let slots_in_cache = cache.len() / lat;
     let groups = d.heads.div_ceil(HEAD_GROUP);
     let dst = SharedMut::new(out);
-    (0..m * groups).into_par_iter().try_for_each(|task| -> Result<()> {
+    let candidates: usize =
+        (0..m).map(|i| Candidates::new(topk, i, queries.pos[i] as usize).size_hint().1.unwrap_or(0)).sum();
+    let work = 2 * candidates * d.heads * lat;
+    (0..m * groups).into_par_iter().with_min_len(min_len(m * groups, work)).try_for_each(|task| -> Result<()> {
         let (i, g) = (task / groups, task % groups);
         let heads = g * HEAD_GROUP..((g + 1) * HEAD_GROUP).min(d.heads);
         let (pos, seq) = (queries.pos[i] as usize, queries.seq[i] as usize);
@@ -274,7 +290,8 @@ pub fn mla_prefill(
     let topk = topk_view(topk, t_rows, "mla_prefill")?;
     let dst = SharedMut::new(out);
     for s in seqs {
-        (0..s.q_len * d.heads).into_par_iter().for_each(|task| {
+        let work = s.q_len * d.heads * (s.start_pos + s.q_len) * (qk + d.v);
+        (0..s.q_len * d.heads).into_par_iter().with_min_len(min_len(s.q_len * d.heads, work)).for_each(|task| {
             let (j, h) = (task / d.heads, task % d.heads);
             let (row, pos) = (s.q_start + j, s.start_pos + j);
             let cand = Candidates::new(topk, row, pos);

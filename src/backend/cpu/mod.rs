@@ -21,6 +21,20 @@ use crate::tensor::{IntTensor, Tensor};
 pub use linear::CpuLinear;
 pub use moe::CpuExpert;
 
+/// Multiply-adds below which a kernel stays on one thread: handing work to another costs more
+/// than it saves.
+const PARALLEL_WORK: usize = 1 << 17;
+
+/// The `with_min_len` for `items` parallel items doing `work` multiply-adds in all: every item
+/// in one task when the work is small.
+fn min_len(items: usize, work: usize) -> usize {
+    if work < PARALLEL_WORK {
+        items.max(1)
+    } else {
+        1
+    }
+}
+
 #[derive(Default)]
 pub struct CpuBackend {
     pools: scratch::Pools,

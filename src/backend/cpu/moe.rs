@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::elementwise::silu_mul;
 use super::linear::{linear, CpuLinear};
+use super::min_len;
 use super::scratch::Pools;
 use super::simd::SharedMut;
 use crate::backend::{HostExpert, RouterParams};
@@ -151,32 +152,37 @@ pub fn moe_experts(
     let pool = &pools.f32;
     let mut per_slot = pool.take(t * k * d);
     let slots = SharedMut::new(&mut per_slot);
-    (0..n_experts).into_par_iter().filter(|&e| starts[e + 1] > starts[e]).try_for_each(|e| -> Result<()> {
-        let assigned = &order[starts[e]..starts[e + 1]];
-        let n = assigned.len();
-        let ex = &experts[e];
-        let inter = ex.gate.rows();
-        let mut xe = pool.take(n * d);
-        for (j, &a) in assigned.iter().enumerate() {
-            xe[j * d..(j + 1) * d].copy_from_slice(&x[(a / k) * d..(a / k + 1) * d]);
-        }
-        let mut g = pool.take(n * inter);
-        let mut u = pool.take(n * inter);
-        linear(pool, &xe, n, &ex.gate, quant, &mut g)?;
-        linear(pool, &xe, n, &ex.up, quant, &mut u)?;
-        silu_mul(&mut g, &u)?;
-        let mut y = pool.take(n * d);
-        linear(pool, &g, n, &ex.down, quant, &mut y)?;
-        for (j, &a) in assigned.iter().enumerate() {
-            // SAFETY: assignment `a` belongs to exactly one expert.
-            let dst = unsafe { slots.slice(a * d, d) };
-            let w = weights[a];
-            for (o, v) in dst.iter_mut().zip(&y[j * d..(j + 1) * d]) {
-                *o = v * w;
+    let work = idx.len() * 3 * d * experts[0].gate.rows();
+    (0..n_experts)
+        .into_par_iter()
+        .with_min_len(min_len(n_experts, work))
+        .filter(|&e| starts[e + 1] > starts[e])
+        .try_for_each(|e| -> Result<()> {
+            let assigned = &order[starts[e]..starts[e + 1]];
+            let n = assigned.len();
+            let ex = &experts[e];
+            let inter = ex.gate.rows();
+            let mut xe = pool.take(n * d);
+            for (j, &a) in assigned.iter().enumerate() {
+                xe[j * d..(j + 1) * d].copy_from_slice(&x[(a / k) * d..(a / k + 1) * d]);
             }
-        }
-        Ok(())
-    })?;
+            let mut g = pool.take(n * inter);
+            let mut u = pool.take(n * inter);
+            linear(pool, &xe, n, &ex.gate, quant, &mut g)?;
+            linear(pool, &xe, n, &ex.up, quant, &mut u)?;
+            silu_mul(&mut g, &u)?;
+            let mut y = pool.take(n * d);
+            linear(pool, &g, n, &ex.down, quant, &mut y)?;
+            for (j, &a) in assigned.iter().enumerate() {
+                // SAFETY: assignment `a` belongs to exactly one expert.
+                let dst = unsafe { slots.slice(a * d, d) };
+                let w = weights[a];
+                for (o, v) in dst.iter_mut().zip(&y[j * d..(j + 1) * d]) {
+                    *o = v * w;
+                }
+            }
+            Ok(())
+        })?;
     for (r, o) in out.chunks_exact_mut(d).enumerate() {
         o.copy_from_slice(&per_slot[r * k * d..r * k * d + d]);
         for j in 1..k {
