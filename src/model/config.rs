@@ -236,12 +236,21 @@ fn expect_value(path: &Path, field: &str, got: Option<&str>, allowed: &[&str]) -
     }
 }
 
-fn positive(path: &Path, field: &str, v: usize) -> Result<usize> {
-    if v == 0 {
-        Err(Error::config(path, format!("field `{field}`: must be positive")))
+/// The largest size or count a config may give: far above any DeepSeek model, and low enough
+/// that products of three sizes cannot overflow.
+const MAX_SIZE: usize = 1 << 20;
+
+/// A size or count: positive and at most `max`.
+fn bounded(path: &Path, field: &str, v: usize, max: usize) -> Result<usize> {
+    if v == 0 || v > max {
+        Err(Error::config(path, format!("field `{field}`: {v} is out of range (1..={max})")))
     } else {
         Ok(v)
     }
+}
+
+fn positive(path: &Path, field: &str, v: usize) -> Result<usize> {
+    bounded(path, field, v, MAX_SIZE)
 }
 
 impl RawRope {
@@ -275,7 +284,11 @@ impl RawRope {
                 })?;
                 Some(YarnConfig {
                     factor,
-                    original_max_position_embeddings: original,
+                    original_max_position_embeddings: positive(
+                        path,
+                        &format!("{field}.original_max_position_embeddings"),
+                        original,
+                    )?,
                     beta_fast: self.beta_fast.unwrap_or(32.0),
                     beta_slow: self.beta_slow.unwrap_or(1.0),
                     mscale: self.mscale,
@@ -467,11 +480,20 @@ impl RawConfig {
             qk_rope_head_dim: rope_dim,
             v_head_dim: positive(path, "v_head_dim", self.v_head_dim)?,
             rms_norm_eps: self.rms_norm_eps,
-            max_position_embeddings: positive(path, "max_position_embeddings", self.max_position_embeddings)?,
+            // Positions travel as u32.
+            max_position_embeddings: bounded(
+                path,
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                u32::MAX as usize,
+            )?,
             rope,
             moe: MoeConfig {
                 n_routed_experts,
-                n_shared_experts: self.n_shared_experts.unwrap_or(0),
+                n_shared_experts: match self.n_shared_experts {
+                    Some(0) | None => 0,
+                    Some(n) => positive(path, "n_shared_experts", n)?,
+                },
                 experts_per_token: self.num_experts_per_tok,
                 n_group,
                 topk_group: self.topk_group,

@@ -90,7 +90,7 @@ impl StepLayout {
             if s.tokens.is_empty() {
                 return Err(Error::Input(format!("sequence {i} of the batch has no tokens")));
             }
-            let end = s.start_pos + s.tokens.len();
+            let end = s.start_pos.saturating_add(s.tokens.len());
             if end > cfg.max_position_embeddings {
                 return Err(Error::Input(format!(
                     "sequence {i} reaches position {end}, past the model's maximum of {}",
@@ -102,6 +102,10 @@ impl StepLayout {
                     "sequence {i}: {} cache blocks cannot hold {end} positions",
                     s.block_table.len()
                 )));
+            }
+            // Cache rows are numbered in u32.
+            if let Some(&b) = s.block_table.iter().find(|&&b| (b as usize + 1) * BLOCK_SIZE > u32::MAX as usize + 1) {
+                return Err(Error::Input(format!("sequence {i}: block id {b} is out of range")));
             }
             if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 return Err(Error::Input(format!("token id {t} is outside the vocabulary ({})", cfg.vocab_size)));
