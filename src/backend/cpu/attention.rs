@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::linear::CpuLinear;
 use super::min_len;
 use super::scratch::Pool;
-use super::simd::{axpy, dot, SharedMut};
+use super::simd::{axpy, dot, dots, SharedMut};
 use crate::backend::{MlaDims, Pages, PrefillSeq, Queries};
 use crate::error::{ensure_shape, Error, Result};
 
@@ -218,35 +218,83 @@ pub fn mla_decode(
         let (i, g) = (task / groups, task % groups);
         let heads = g * HEAD_GROUP..((g + 1) * HEAD_GROUP).min(d.heads);
         let (pos, seq) = (queries.pos[i] as usize, queries.seq[i] as usize);
-        let cand = Candidates::new(topk, i, pos);
         let slot = |t: usize| {
             pages
                 .slot(seq, t)
                 .filter(|&s| s < slots_in_cache)
                 .ok_or_else(|| Error::Input(format!("position {t} of sequence {seq} has no cache page")))
         };
-        let n = cand.clone().count();
-        let mut scores = pool.take(heads.len() * n);
-        for (j, t) in cand.clone().enumerate() {
-            let s = slot(t)?;
-            let row = &cache[s * lat..(s + 1) * lat];
-            for (hi, h) in heads.clone().enumerate() {
-                let q = &q_lat[(i * d.heads + h) * lat..(i * d.heads + h + 1) * lat];
-                scores[hi * n + j] = dot(q, row) * scale;
+        let hg = heads.len();
+        let q = &q_lat[(i * d.heads + heads.start) * lat..(i * d.heads + heads.end) * lat];
+        // The attended rows in segments of consecutive cache rows: the pages of a dense
+        // context in place, or the top-k rows gathered into one buffer.
+        let n = Candidates::new(topk, i, pos).count();
+        let mut gathered = pool.take(if topk.is_some() { n * lat } else { 0 });
+        if topk.is_some() {
+            for (row, t) in gathered.chunks_exact_mut(lat).zip(Candidates::new(topk, i, pos)) {
+                let s = slot(t)?;
+                row.copy_from_slice(&cache[s * lat..(s + 1) * lat]);
             }
         }
-        for hi in 0..heads.len() {
-            softmax(&mut scores[hi * n..(hi + 1) * n]);
+        let segment = |j: usize| -> Result<&[f32]> {
+            if topk.is_some() {
+                return Ok(&gathered[..]);
+            }
+            let c = pages.block_size.min(n - j);
+            let s = slot(j)?;
+            ensure_shape(s + c <= slots_in_cache, "mla_decode", || format!("page of slot {s} runs past the cache"))?;
+            Ok(&cache[s * lat..(s + c) * lat])
+        };
+        let step = if topk.is_some() { n.max(1) } else { pages.block_size };
+
+        let mut scores = pool.take(hg * n);
+        let mut tile = pool.take(hg * step);
+        for j in (0..n).step_by(step) {
+            let rows = segment(j)?;
+            let c = rows.len() / lat;
+            dots(q, rows, lat, &mut tile[..hg * c]);
+            for h in 0..hg {
+                for (sc, &v) in scores[h * n + j..h * n + j + c].iter_mut().zip(&tile[h * c..(h + 1) * c]) {
+                    *sc = v * scale;
+                }
+            }
+        }
+        for h in 0..hg {
+            softmax(&mut scores[h * n..(h + 1) * n]);
         }
         // SAFETY: this task owns row i, heads `heads` of out.
-        let o = unsafe { dst.slice((i * d.heads + heads.start) * d.kv_lora, heads.len() * d.kv_lora) };
-        o.fill(0.0);
-        for (j, t) in cand.enumerate() {
-            let s = slot(t)?;
-            let row = &cache[s * lat..s * lat + d.kv_lora];
-            for hi in 0..heads.len() {
-                axpy(&mut o[hi * d.kv_lora..(hi + 1) * d.kv_lora], scores[hi * n + j], row);
-            }
+        let o = unsafe { dst.slice((i * d.heads + heads.start) * d.kv_lora, hg * d.kv_lora) };
+        for j in (0..n).step_by(step) {
+            let rows = segment(j)?;
+            let c = rows.len() / lat;
+            // o[hg, kv_lora] (+)= P[:, j..j + c] · rows[:, ..kv_lora]
+            // SAFETY: P has hg rows of stride n; rows holds c rows of stride lat; o is [hg, kv_lora].
+            unsafe {
+                gemm::gemm(
+                    hg,
+                    d.kv_lora,
+                    c,
+                    o.as_mut_ptr(),
+                    1,
+                    d.kv_lora as isize,
+                    j > 0,
+                    scores.as_ptr().add(j),
+                    1,
+                    n as isize,
+                    rows.as_ptr(),
+                    1,
+                    lat as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
+        }
+        if n == 0 {
+            o.fill(0.0);
         }
         Ok(())
     })

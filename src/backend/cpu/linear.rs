@@ -117,13 +117,15 @@ impl CpuLinear {
         Some(dot_e4m3(x, crow, srow, FP8_BLOCK))
     }
 
-    /// Row `r` as f32: borrowed for f32 weights, dequantized into `buf` otherwise.
-    fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    /// Rows `r..r + n` as f32: borrowed for f32 weights, dequantized into `buf` otherwise.
+    fn rows_f32<'a>(&'a self, r: usize, n: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let range = r * self.cols..(r + n) * self.cols;
         match &self.data {
-            Packed::F32(v) => &v[r * self.cols..(r + 1) * self.cols],
+            Packed::F32(v) => &v[range],
             _ => {
-                self.dequant_rows(r, &mut buf[..self.cols]);
-                &buf[..self.cols]
+                let buf = &mut buf[..range.len()];
+                self.dequant_rows(r, buf);
+                buf
             }
         }
     }
@@ -179,16 +181,17 @@ fn linear_rows(pool: &Pool<f32>, x: &[f32], m: usize, w: &CpuLinear, out: &mut [
     let dst = SharedMut::new(out);
     let task = |r0: usize| {
         let r1 = (r0 + rows_per_task).min(n);
+        if m == 1 && w.is_fp8() {
+            for r in r0..r1 {
+                let v = w.fp8_row_dot(r, x).unwrap_or(0.0);
+                // SAFETY: element (0, r) belongs to this task's rows alone.
+                unsafe { dst.slice(r, 1)[0] = v };
+            }
+            return;
+        }
         let mut buf = pool.take(k);
         for r in r0..r1 {
-            if m == 1 {
-                if let Some(v) = w.fp8_row_dot(r, x) {
-                    // SAFETY: element (0, r) belongs to this task's rows alone.
-                    unsafe { dst.slice(r, 1)[0] = v };
-                    continue;
-                }
-            }
-            let wr = w.row(r, &mut buf);
+            let wr = w.rows_f32(r, 1, &mut buf);
             for i in 0..m {
                 // SAFETY: element (i, r) belongs to this task's rows alone.
                 unsafe { dst.slice(i * n + r, 1)[0] = dot(&x[i * k..(i + 1) * k], wr) };

@@ -157,9 +157,21 @@ mod avx2 {
                     }
                     j += 2;
                 }
-                for r in 0..4 {
-                    for jj in j..nb {
-                        out[(i + r) * nb + jj] = dot8(&a[(i + r) * d..(i + r + 1) * d], &b[jj * d..(jj + 1) * d], d8);
+                if j < nb {
+                    // The last row of b against the 4 rows of a.
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    let mut k = 0;
+                    while k < d8 {
+                        let y = _mm256_loadu_ps(row(b, j).add(k));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(row(a, i + r).add(k)), y, *acc);
+                        }
+                        k += 8;
+                    }
+                    let rb = &b[j * d..(j + 1) * d];
+                    for (r, acc) in acc.iter().enumerate() {
+                        let ra = &a[(i + r) * d..(i + r + 1) * d];
+                        out[(i + r) * nb + j] = hsum(*acc) + tail(&ra[d8..], &rb[d8..]);
                     }
                 }
                 i += 4;
