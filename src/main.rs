@@ -171,7 +171,8 @@ fn generate(args: &ModelArgs, max_new: usize, ignore_eos: bool) -> anyhow::Resul
     let decode_tokens = generated.len().saturating_sub(1);
     let decode_rate = if decode_tokens > 0 { decode_tokens as f64 / (total_time - ttft).as_secs_f64() } else { 0.0 };
     eprintln!(
-        "prompt {} tokens, generated {}; first token {:.1} ms, decode {:.1} tokens/s",
+        "{}: prompt {} tokens, generated {}; first token {:.1} ms, decode {:.1} tokens/s",
+        model.backend().name(),
         prompt.len(),
         generated.len(),
         ttft.as_secs_f64() * 1e3,

@@ -67,10 +67,12 @@ impl Pages<'_> {
     /// Cache row of position `pos` of sequence `seq`; `None` where the table does not reach.
     #[inline]
     pub fn slot(&self, seq: usize, pos: usize) -> Option<usize> {
+        let b = pos.checked_div(self.block_size)?;
         let start = *self.starts.get(seq)? as usize;
         let end = *self.starts.get(seq + 1)? as usize;
-        let b = start + pos / self.block_size;
-        (b < end).then(|| self.blocks[b] as usize * self.block_size + pos % self.block_size)
+        let b = start + b;
+        let block = *self.blocks.get(b).filter(|_| b < end)? as usize;
+        Some(block * self.block_size + pos % self.block_size)
     }
 }
 
@@ -134,7 +136,6 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn read(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
     fn int_zeros(&self, rows: usize, cols: usize) -> Result<IntTensor<Self>>;
     fn resize_ints(&self, t: &mut IntTensor<Self>, rows: usize, cols: usize) -> Result<()>;
-    fn read_ints(&self, t: &IntTensor<Self>) -> Result<Vec<i32>>;
     /// Copies rows `src_row..src_row + n` of `src` to rows `dst_row..` of `dst` (same width).
     fn copy_rows(
         &self,

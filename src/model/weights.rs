@@ -85,10 +85,6 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-
     pub fn from_f32(name: &str, shape: Vec<usize>, data: &[f32]) -> Self {
         Self::from_bytes(name, DType::F32, shape, data.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
@@ -229,10 +225,6 @@ impl Checkpoint {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.location.contains_key(name)
     }
 
     /// The tensor `name`, checked to have shape `shape`.

@@ -203,7 +203,10 @@ pub fn mla_decode(
     let lat = d.latent();
     let m = queries.pos.len();
     ensure_shape(
-        q_lat.len() == m * d.heads * lat && out.len() == m * d.heads * d.kv_lora && queries.seq.len() == m,
+        q_lat.len() == m * d.heads * lat
+            && out.len() == m * d.heads * d.kv_lora
+            && queries.seq.len() == m
+            && pages.block_size > 0,
         "mla_decode",
         || format!("q_lat {} values, out {} for {m} rows, dims {d:?}", q_lat.len(), out.len()),
     )?;

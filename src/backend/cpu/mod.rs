@@ -52,10 +52,6 @@ impl Tensor<CpuBackend> {
         &self.buf
     }
 
-    pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.buf
-    }
-
     pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
         ensure_shape(data.len() == rows * cols, "from_vec", || format!("{} values for [{rows}, {cols}]", data.len()))?;
         Ok(Tensor { buf: data, rows, cols })
@@ -123,10 +119,6 @@ impl Backend for CpuBackend {
         t.rows = rows;
         t.cols = cols;
         Ok(())
-    }
-
-    fn read_ints(&self, t: &IntTensor<Self>) -> Result<Vec<i32>> {
-        Ok(t.buf.clone())
     }
 
     fn copy_rows(
