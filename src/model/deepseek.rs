@@ -202,7 +202,7 @@ impl<B: Backend> Model<B> {
                     b.add_rms_norm(&mut ws.h, &ws.ffn, &layer.input_norm, eps, &mut ws.x)?;
                 }
                 if let Some(out) = hidden.as_deref_mut() {
-                    Self::capture_with(b, &ws.step, &ws.h, out)?;
+                    Self::capture(b, &ws.step, &ws.h, out)?;
                 }
                 let layer_cache = LayerCache { latent: &mut cache.latent[i], index: cache.index.get_mut(i) };
                 layer.attn.forward(
@@ -223,7 +223,7 @@ impl<B: Backend> Model<B> {
             }
             b.add_rms_norm(&mut ws.h, &ws.ffn, &self.norm, eps, &mut ws.x)?;
             if let Some(out) = hidden {
-                Self::capture_with(b, &ws.step, &ws.x, out)?;
+                Self::capture(b, &ws.step, &ws.x, out)?;
             }
             let n = ws.step.logit_rows.len();
             b.resize(&mut ws.head_in, n, d)?;
@@ -236,7 +236,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// Appends `t`'s rows, in the caller's order, to `out`.
-    fn capture_with(b: &B, step: &StepLayout, t: &Tensor<B>, out: &mut Vec<Vec<f32>>) -> Result<()> {
+    fn capture(b: &B, step: &StepLayout, t: &Tensor<B>, out: &mut Vec<Vec<f32>>) -> Result<()> {
         let all = b.read(t)?;
         let d = t.cols();
         let mut rows = Vec::with_capacity(all.len());
