@@ -7,7 +7,7 @@
 
 pub mod cpu;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fp8::ScaleFmt;
 use crate::model::weights::{HostLinear, HostTensor};
 use crate::tensor::{IntTensor, Tensor};
@@ -73,6 +73,13 @@ impl Pages<'_> {
         let b = start + b;
         let block = *self.blocks.get(b).filter(|_| b < end)? as usize;
         Some(block * self.block_size + pos % self.block_size)
+    }
+
+    /// Like [`Pages::slot`], for a cache of `rows` rows; a position without a page is an error.
+    pub fn cache_row(&self, seq: usize, pos: usize, rows: usize) -> Result<usize> {
+        self.slot(seq, pos)
+            .filter(|&s| s < rows)
+            .ok_or_else(|| Error::Input(format!("position {pos} of sequence {seq} has no cache page")))
     }
 }
 

@@ -8,7 +8,7 @@ use super::min_len;
 use super::scratch::Pool;
 use super::simd::{axpy, dot, dots, SharedMut};
 use crate::backend::{MlaDims, Pages, PrefillSeq, Queries};
-use crate::error::{ensure_shape, Error, Result};
+use crate::error::{ensure_shape, Result};
 
 /// Heads handled together by one decode task: each cached row is read once per group.
 const HEAD_GROUP: usize = 16;
@@ -221,12 +221,7 @@ pub fn mla_decode(
         let (i, g) = (task / groups, task % groups);
         let heads = g * HEAD_GROUP..((g + 1) * HEAD_GROUP).min(d.heads);
         let (pos, seq) = (queries.pos[i] as usize, queries.seq[i] as usize);
-        let slot = |t: usize| {
-            pages
-                .slot(seq, t)
-                .filter(|&s| s < slots_in_cache)
-                .ok_or_else(|| Error::Input(format!("position {t} of sequence {seq} has no cache page")))
-        };
+        let slot = |t: usize| pages.cache_row(seq, t, slots_in_cache);
         let hg = heads.len();
         let q = &q_lat[(i * d.heads + heads.start) * lat..(i * d.heads + heads.end) * lat];
         // The attended rows in segments of consecutive cache rows: the pages of a dense

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::scratch::Pools;
 use super::simd::{dots, SharedMut};
 use crate::backend::{Pages, Queries};
-use crate::error::{ensure_shape, Error, Result};
+use crate::error::{ensure_shape, Result};
 
 /// Query heads scored together against a page: bounds the logits buffer to a few hundred KB.
 const MAX_QUERY_HEADS: usize = 1024;
@@ -59,12 +59,7 @@ pub fn indexer_topk(
         return Ok(());
     }
     let slots_in_cache = cache.len() / hd;
-    let slot = |seq: usize, t: usize| {
-        pages
-            .slot(seq, t)
-            .filter(|&s| s < slots_in_cache)
-            .ok_or_else(|| Error::Input(format!("position {t} of sequence {seq} has no cache page")))
-    };
+    let slot = |seq: usize, t: usize| pages.cache_row(seq, t, slots_in_cache);
     // Row i's scores live at scores[off[i]..off[i] + pos_i + 1]; rows with no more candidates
     // than k need none.
     let scored = |i: usize| queries.pos[i] as usize + 1 > k;
