@@ -93,12 +93,8 @@ impl CpuLinear {
                 }
             }
             Packed::Fp8 { codes, scales } => {
-                let codes = codes.as_slice();
-                let kb = blocks(k);
                 for (i, orow) in out.chunks_exact_mut(k).enumerate() {
-                    let r = r0 + i;
-                    let crow = &codes[r * k..(r + 1) * k];
-                    let srow = &scales[(r / FP8_BLOCK) * kb..(r / FP8_BLOCK + 1) * kb];
+                    let (crow, srow) = self.fp8_row(codes, scales, r0 + i);
                     for ((o, c), &s) in orow.chunks_mut(FP8_BLOCK).zip(crow.chunks(FP8_BLOCK)).zip(srow) {
                         decode_e4m3(c, s, o);
                     }
@@ -107,23 +103,27 @@ impl CpuLinear {
         }
     }
 
+    /// Row `r` of FP8 weights: its codes and the scales of its 128-row block.
+    fn fp8_row<'a>(&self, codes: &'a Bytes, scales: &'a [f32], r: usize) -> (&'a [u8], &'a [f32]) {
+        let (k, kb) = (self.cols, blocks(self.cols));
+        let b = r / FP8_BLOCK;
+        (&codes.as_slice()[r * k..(r + 1) * k], &scales[b * kb..(b + 1) * kb])
+    }
+
     /// `x · row r` for FP8 weights, decoding in registers; `None` for other formats.
     fn fp8_row_dot(&self, r: usize, x: &[f32]) -> Option<f32> {
         let Packed::Fp8 { codes, scales } = &self.data else { return None };
-        let k = self.cols;
-        let kb = blocks(k);
-        let crow = &codes.as_slice()[r * k..(r + 1) * k];
-        let srow = &scales[(r / FP8_BLOCK) * kb..(r / FP8_BLOCK + 1) * kb];
+        let (crow, srow) = self.fp8_row(codes, scales, r);
         Some(dot_e4m3(x, crow, srow, FP8_BLOCK))
     }
 
-    /// Rows `r..r + n` as f32: borrowed for f32 weights, dequantized into `buf` otherwise.
-    fn rows_f32<'a>(&'a self, r: usize, n: usize, buf: &'a mut [f32]) -> &'a [f32] {
-        let range = r * self.cols..(r + n) * self.cols;
+    /// Row `r` as f32: borrowed for f32 weights, dequantized into `buf` otherwise.
+    fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let range = r * self.cols..(r + 1) * self.cols;
         match &self.data {
             Packed::F32(v) => &v[range],
             _ => {
-                let buf = &mut buf[..range.len()];
+                let buf = &mut buf[..self.cols];
                 self.dequant_rows(r, buf);
                 buf
             }
@@ -191,7 +191,7 @@ fn linear_rows(pool: &Pool<f32>, x: &[f32], m: usize, w: &CpuLinear, out: &mut [
         }
         let mut buf = pool.take(k);
         for r in r0..r1 {
-            let wr = w.rows_f32(r, 1, &mut buf);
+            let wr = w.row(r, &mut buf);
             for i in 0..m {
                 // SAFETY: element (i, r) belongs to this task's rows alone.
                 unsafe { dst.slice(i * n + r, 1)[0] = dot(&x[i * k..(i + 1) * k], wr) };

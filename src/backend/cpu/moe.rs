@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::elementwise::silu_mul;
+use super::elementwise::{add_assign, silu_mul};
 use super::linear::{linear, CpuLinear};
 use super::min_len;
 use super::scratch::Pools;
@@ -186,9 +186,7 @@ pub fn moe_experts(
     for (r, o) in out.chunks_exact_mut(d).enumerate() {
         o.copy_from_slice(&per_slot[r * k * d..r * k * d + d]);
         for j in 1..k {
-            for (o, v) in o.iter_mut().zip(&per_slot[(r * k + j) * d..(r * k + j + 1) * d]) {
-                *o += v;
-            }
+            add_assign(o, &per_slot[(r * k + j) * d..(r * k + j + 1) * d])?;
         }
     }
     Ok(())
