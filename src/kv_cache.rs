@@ -29,6 +29,15 @@ impl BlockAllocator {
         self.free.len()
     }
 
+    pub fn num_blocks(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Holders of a block (0 when it is free or out of range).
+    pub fn ref_count(&self, block: u32) -> u32 {
+        self.refs.get(block as usize).copied().unwrap_or(0)
+    }
+
     pub fn allocate(&mut self) -> Option<u32> {
         let b = self.free.pop()?;
         self.refs[b as usize] = 1;
@@ -80,6 +89,12 @@ impl<B: Backend> KvCache<B> {
             None => Vec::new(),
         };
         Ok(KvCache { latent, index, allocator: BlockAllocator::new(num_blocks) })
+    }
+
+    /// Bytes of cache one position takes across all layers.
+    pub fn bytes_per_token(backend: &B, cfg: &ModelConfig) -> usize {
+        let per_layer = cfg.kv_lora_rank + cfg.qk_rope_head_dim + cfg.indexer.map_or(0, |ix| ix.head_dim);
+        cfg.num_layers * per_layer * backend.elem_bytes()
     }
 
     pub fn allocator(&mut self) -> &mut BlockAllocator {

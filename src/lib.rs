@@ -4,10 +4,15 @@
 //! CPU backend implements every kernel with DeepSeek's numerics. See `docs/architecture.md`.
 
 pub mod backend;
+pub mod bench;
+pub mod engine;
 pub mod error;
 pub mod fp8;
 pub mod kv_cache;
+pub mod metrics;
 pub mod model;
+pub mod server;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -1,14 +1,25 @@
 //! The `flashseek` command line.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use flashseek::backend::{Backend, CpuBackend};
+use flashseek::bench;
+use flashseek::engine::{self, EngineConfig, FinishReason, Request, SamplingParams};
 use flashseek::kv_cache::BLOCK_SIZE;
+use flashseek::metrics::Metrics;
+use flashseek::model::config::ModelConfig;
 use flashseek::model::{ActQuant, Logits, Model, SeqInput};
+use flashseek::server::{
+    self,
+    launch::{ActQuantArg, ServeArgs},
+};
+use flashseek::tokenizer::{ChatFormat, ChatMessage, ChatOptions, Role, Tokenizer};
 use safetensors::tensor::{Dtype, TensorView};
 
 #[derive(Parser)]
@@ -25,30 +36,13 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ActQuantArg {
-    /// Round activations through FP8 as DeepSeek's inference does.
-    Fp8,
-    /// Keep activations in f32.
-    None,
-}
-
-impl From<ActQuantArg> for ActQuant {
-    fn from(a: ActQuantArg) -> Self {
-        match a {
-            ActQuantArg::Fp8 => ActQuant::Fp8,
-            ActQuantArg::None => ActQuant::None,
-        }
-    }
-}
-
 #[derive(clap::Args)]
 struct ModelArgs {
     /// A model directory in the Hugging Face layout (config.json + safetensors).
     #[arg(long)]
     model_path: PathBuf,
     /// Token ids, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "prompt", conflicts_with = "prompt")]
     token_ids: Vec<u32>,
     #[arg(long, value_enum, default_value = "fp8")]
     act_quant: ActQuantArg,
@@ -70,16 +64,37 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Greedy generation; prints the generated token ids.
+    /// Generation from token ids (greedy; prints the generated ids) or from text (`--prompt`,
+    /// through the engine and the tokenizer; prints the text as it comes).
     Generate {
         #[command(flatten)]
         model: ModelArgs,
+        /// Text to continue (or, with --chat, the user's message).
+        #[arg(long)]
+        prompt: Option<String>,
+        #[command(flatten)]
+        text: TextArgs,
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
         /// Keep generating past the end-of-sequence token.
         #[arg(long)]
         ignore_eos: bool,
     },
+    /// Serve the model over HTTP: OpenAI's and SGLang's APIs.
+    Serve(Box<ServeArgs>),
+    /// Benchmark a running server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Serving throughput and latency, as `sglang.bench_serving` measures them.
+    Serve(Box<bench::ServeArgs>),
+    /// GSM8K-style accuracy: k-shot prompts, the last number of the answer graded.
+    Accuracy(Box<bench::AccuracyArgs>),
+    /// The engine in-process under `bench serve`'s random workload: the server's ceiling.
+    Offline(Box<bench::OfflineArgs>),
 }
 
 fn load(args: &ModelArgs) -> anyhow::Result<Model<CpuBackend>> {
@@ -181,13 +196,115 @@ fn generate(args: &ModelArgs, max_new: usize, ignore_eos: bool) -> anyhow::Resul
     Ok(())
 }
 
+/// Options of text generation (`generate --prompt`).
+#[derive(clap::Args)]
+struct TextArgs {
+    /// Wrap the prompt as a user message in the model's chat format.
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// Chat in thinking mode (DeepSeek-V3.2 and V3.1 templates).
+    #[arg(long, requires = "chat")]
+    thinking: bool,
+    /// 0 decodes greedily.
+    #[arg(long, default_value_t = 0.0, requires = "prompt")]
+    temperature: f32,
+    #[arg(long, requires = "prompt")]
+    seed: Option<u64>,
+}
+
+fn generate_text(
+    args: &ModelArgs,
+    prompt: &str,
+    opts: &TextArgs,
+    max_new: usize,
+    ignore_eos: bool,
+) -> anyhow::Result<()> {
+    let tokenizer = Arc::new(Tokenizer::from_dir(&args.model_path)?);
+    let config = ModelConfig::from_file(&args.model_path.join("config.json"))?;
+    let text = if opts.chat {
+        let chat = ChatFormat::select(config.model_type.as_str(), tokenizer.chat_template(), None)?;
+        let options = ChatOptions {
+            thinking: opts.thinking,
+            add_generation_prompt: true,
+            bos_token: tokenizer.bos_token().unwrap_or_default().to_string(),
+            eos_token: tokenizer.eos_token().unwrap_or_default().to_string(),
+            ..ChatOptions::default()
+        };
+        chat.render(&[ChatMessage::new(Role::User, prompt)], &options)?
+    } else {
+        prompt.to_string()
+    };
+    let ids = tokenizer.encode(&text)?;
+    let engine_config = EngineConfig {
+        max_running: 1,
+        max_total_tokens: Some(ids.len() + max_new),
+        context_length: Some(ids.len() + max_new),
+        ..EngineConfig::default()
+    };
+    let (path, act) = (args.model_path.clone(), ActQuant::from(args.act_quant));
+    let engine = engine::start(
+        move || Model::load(CpuBackend::new(), &path, act),
+        tokenizer,
+        engine_config,
+        Arc::new(Metrics::default()),
+    )?;
+    let params = SamplingParams {
+        max_new_tokens: max_new,
+        temperature: opts.temperature,
+        seed: opts.seed,
+        ignore_eos,
+        ..SamplingParams::default()
+    };
+    let started = Instant::now();
+    let stream = engine.submit(vec![Request { prompt: ids, params }])?;
+    let mut stdout = std::io::stdout().lock();
+    let mut first = None;
+    let mut generated = 0;
+    while let Some((_, out)) = stream.recv() {
+        first.get_or_insert_with(|| started.elapsed());
+        generated += out.token_ids.len();
+        write!(stdout, "{}", out.text)?;
+        stdout.flush()?;
+        if let Some(f) = out.finished {
+            if let FinishReason::Abort(m) = f.reason {
+                bail!("generation failed: {m}");
+            }
+            writeln!(stdout)?;
+            let total = started.elapsed();
+            let ttft = first.unwrap_or(total);
+            let rate = generated.saturating_sub(1) as f64 / (total - ttft).as_secs_f64().max(1e-9);
+            eprintln!(
+                "prompt {} tokens, generated {generated}; first token {:.1} ms, decode {rate:.1} tokens/s",
+                f.prompt_tokens,
+                ttft.as_secs_f64() * 1e3
+            );
+            return Ok(());
+        }
+    }
+    bail!("the engine stopped during generation")
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    server::launch::start(args)?.run();
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
     }
     match cli.command {
         Command::Logits { model, decode, hidden, out } => logits(&model, decode, hidden, &out),
-        Command::Generate { model, max_new_tokens, ignore_eos } => generate(&model, max_new_tokens, ignore_eos),
+        Command::Generate { model, prompt: Some(prompt), text, max_new_tokens, ignore_eos } => {
+            generate_text(&model, &prompt, &text, max_new_tokens, ignore_eos)
+        }
+        Command::Generate { model, prompt: None, max_new_tokens, ignore_eos, .. } => {
+            generate(&model, max_new_tokens, ignore_eos)
+        }
+        Command::Serve(args) => serve(&args),
+        Command::Bench(BenchCommand::Serve(args)) => bench::run_serve(&args).map(drop),
+        Command::Bench(BenchCommand::Accuracy(args)) => bench::run_accuracy(&args).map(drop),
+        Command::Bench(BenchCommand::Offline(args)) => bench::run_offline(&args).map(drop),
     }
 }
 

@@ -222,9 +222,47 @@ fn bad_arguments() {
     usage_error(&args);
     usage_error(&["generate", "--model-path", &m, "--token-ids", "1", "--max-new-tokens", "-3"]);
     usage_error(&["generate", "--model-path", &m, "--token-ids", "1", "--max-new-tokens", "many"]);
-    usage_error(&["serve", "--model-path", &m]);
+    usage_error(&["serve"]);
+    usage_error(&["serve", "--model-path", &m, "--port", "x"]);
+    usage_error(&["serve", "--model-path", &m, "--reasoning-parser", "qwen3"]);
+    usage_error(&["generate", "--model-path", &m, "--token-ids", "1", "--prompt", "hi"]);
     usage_error(&[]);
     usage_error(&["logits", "--model-path", &m, "--token-ids", "1"]);
+}
+
+/// `serve` refuses what it cannot do before it binds a port.
+#[test]
+fn serve_refuses_unsupported_setups() {
+    let m = model();
+    fail(&["serve", "--model-path", &m, "--tp", "2"], &["--tp", "not supported"]);
+    fail(&["serve", "--model-path", &m, "--enable-dp-attention"], &["--enable-dp-attention"]);
+    fail(&["serve", "--model-path", &m, "--device", "cuda"], &["cuda"]);
+    fail(&["serve", "--model-path", &m, "--port", "0", "--mem-fraction-static", "0"], &["--mem-fraction-static"]);
+    let no_tokenizer = common::fixture("odd-v32-fp8").display().to_string();
+    fail(&["serve", "--model-path", &no_tokenizer], &["tokenizer.json"]);
+    fail(&["serve", "--model-path", &m, "--chat-template", "/no/such/template.jinja"], &["/no/such/template.jinja"]);
+}
+
+#[test]
+fn generate_text_prints_text() {
+    let m = model();
+    let plain =
+        succeed(&["generate", "--model-path", &m, "--prompt", "Hello", "--max-new-tokens", "6", "--ignore-eos"]);
+    let chat = succeed(&[
+        "generate",
+        "--model-path",
+        &m,
+        "--prompt",
+        "Hello",
+        "--chat",
+        "--thinking",
+        "--max-new-tokens",
+        "6",
+    ]);
+    for out in [plain, chat] {
+        assert!(text(&out.stdout).ends_with('\n'), "{}", text(&out.stdout));
+        assert!(text(&out.stderr).contains("generated"), "{}", text(&out.stderr));
+    }
 }
 
 #[test]

@@ -103,6 +103,39 @@ fn linear_fp8() {
     check_linear(WType::Fp8, 96);
 }
 
+/// In batch-invariant mode every row comes out bit for bit the same whether it is computed
+/// alone or among other rows (the fast mode switches loops with the row count).
+#[test]
+fn batch_invariant_linear_rows_do_not_depend_on_the_batch() {
+    let b = CpuBackend::batch_invariant();
+    let strategy = (1usize..40, n_strategy(), k_strategy(), quant_strategy(), any::<u64>());
+    rf::run("batch-invariant linear", 48, strategy, |(m, n, k, quant, seed), t| {
+        let mut rng = rf::Rng::new(seed);
+        for wt in [WType::Fp8, WType::Bf16] {
+            let (host, refw) = rf::gen_linear(&mut rng, wt, n, k, 0.1);
+            let w = b.load_linear(&host).expect("load_linear");
+            let x = rng.activations(m, k);
+            let mut batched = tensor(m, n, vec![f32::NAN; m * n]);
+            b.linear(&tensor(m, k, x.clone()), &w, quant, &mut batched).expect("linear");
+            for i in 0..m {
+                let mut alone = tensor(1, n, vec![f32::NAN; n]);
+                b.linear(&tensor(1, k, x[i * k..(i + 1) * k].to_vec()), &w, quant, &mut alone).expect("linear");
+                let row = &batched.data()[i * n..(i + 1) * n];
+                prop_assert!(
+                    row.iter().zip(alone.data()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{wt:?} row {i} of {m} differs from the row alone"
+                );
+            }
+            let want = rf::linear(&x, m, &refw, quant);
+            let x_abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+            let mag = rf::linear(&x_abs, m, &refw.abs(), quant);
+            let (r, _) = rf::assert_close_to_magnitude("batch-invariant linear", batched.data(), &want, &mag, n, TOL);
+            t.record(&format!("{wt:?} weights, batch-invariant"), &r);
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn embedding_all_dtypes_and_out_of_vocab() {
     let b = CpuBackend::new();

@@ -135,12 +135,16 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R;
 
     // ---- memory ----
+    /// Bytes of one element of this backend's activation and cache buffers.
+    fn elem_bytes(&self) -> usize;
     fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>>;
     /// Reshapes `t`, reusing its storage where it is large enough; contents are unspecified.
     fn resize(&self, t: &mut Tensor<Self>, rows: usize, cols: usize) -> Result<()>;
     /// Overwrites `t` with `data` (row-major, `rows * cols` values).
     fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()>;
     fn read(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
+    /// Like [`Backend::read`], into a buffer the caller reuses from step to step.
+    fn read_into(&self, t: &Tensor<Self>, out: &mut Vec<f32>) -> Result<()>;
     fn int_zeros(&self, rows: usize, cols: usize) -> Result<IntTensor<Self>>;
     fn resize_ints(&self, t: &mut IntTensor<Self>, rows: usize, cols: usize) -> Result<()>;
     /// Copies rows `src_row..src_row + n` of `src` to rows `dst_row..` of `dst` (same width).

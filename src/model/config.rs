@@ -21,6 +21,16 @@ pub enum ModelType {
     DeepseekV32,
 }
 
+impl ModelType {
+    /// The `model_type` of `config.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::DeepseekV3 => "deepseek_v3",
+            ModelType::DeepseekV32 => "deepseek_v32",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct YarnConfig {
     pub factor: f64,

@@ -141,6 +141,11 @@ impl<B: Backend> Model<B> {
         &self.backend
     }
 
+    /// Bytes of KV cache one position takes.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        KvCache::bytes_per_token(&self.backend, &self.config)
+    }
+
     /// An empty cache of `num_blocks` blocks for this model.
     pub fn new_cache(&self, num_blocks: usize) -> Result<KvCache<B>> {
         KvCache::new(&self.backend, &self.config, num_blocks)

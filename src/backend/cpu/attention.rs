@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::linear::CpuLinear;
+use super::linear::{CpuLinear, GemmMode};
 use super::min_len;
 use super::scratch::Pool;
 use super::simd::{axpy, dot, dots, SharedMut};
@@ -68,7 +68,15 @@ fn softmax(s: &mut [f32]) {
 
 /// Per head `h`: `out[i, h] = [W_kb,hᵀ q_nope[i, h], q_rope[i, h]]`, where `W_kb,h` are the
 /// key rows of head `h` in `kv_b` (`[heads·(nope+v), kv_lora]`).
-pub fn absorb_q(pool: &Pool<f32>, q: &[f32], kv_b: &CpuLinear, d: MlaDims, m: usize, out: &mut [f32]) -> Result<()> {
+pub fn absorb_q(
+    pool: &Pool<f32>,
+    mode: GemmMode,
+    q: &[f32],
+    kv_b: &CpuLinear,
+    d: MlaDims,
+    m: usize,
+    out: &mut [f32],
+) -> Result<()> {
     let (qk, lat) = (d.qk(), d.latent());
     ensure_shape(
         q.len() >= m * d.heads * qk
@@ -95,27 +103,29 @@ pub fn absorb_q(pool: &Pool<f32>, q: &[f32], kv_b: &CpuLinear, d: MlaDims, m: us
         // out[i, h*lat .. h*lat + kv_lora] = q_nope[i, h] · W_kb,h  (W as [nope, kv_lora])
         // SAFETY: this task writes only head h's columns; gemm strides stay inside `out`.
         unsafe {
-            gemm::gemm(
-                m,
-                d.kv_lora,
-                d.nope,
-                dst.ptr().add(h * lat),
-                1,
-                (d.heads * lat) as isize,
-                false,
-                q.as_ptr().add(h * qk),
-                1,
-                row_stride as isize,
-                w.as_ptr(),
-                1,
-                d.kv_lora as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+            for (r0, rows) in row_blocks(m, mode) {
+                gemm::gemm(
+                    rows,
+                    d.kv_lora,
+                    d.nope,
+                    dst.ptr().add(r0 * d.heads * lat + h * lat),
+                    1,
+                    (d.heads * lat) as isize,
+                    false,
+                    q.as_ptr().add(r0 * row_stride + h * qk),
+                    1,
+                    row_stride as isize,
+                    w.as_ptr(),
+                    1,
+                    d.kv_lora as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
             for i in 0..m {
                 let src = &q[i * row_stride + h * qk + d.nope..i * row_stride + (h + 1) * qk];
                 dst.slice(i * d.heads * lat + h * lat + d.kv_lora, d.rope).copy_from_slice(src);
@@ -128,6 +138,7 @@ pub fn absorb_q(pool: &Pool<f32>, q: &[f32], kv_b: &CpuLinear, d: MlaDims, m: us
 /// Per head `h`: `out[i, h] = W_vb,h · o_lat[i, h]` with the value rows of head `h` in `kv_b`.
 pub fn absorb_out(
     pool: &Pool<f32>,
+    mode: GemmMode,
     o_lat: &[f32],
     kv_b: &CpuLinear,
     d: MlaDims,
@@ -149,31 +160,40 @@ pub fn absorb_out(
         kv_b.dequant_rows(h * (d.nope + d.v) + d.nope, &mut w);
         let lhs = &o_lat[h * d.kv_lora..];
         // SAFETY: this task writes only head h's columns of `out`.
-        unsafe {
-            gemm::gemm(
-                m,
-                d.v,
-                d.kv_lora,
-                dst.ptr().add(h * d.v),
-                1,
-                (d.heads * d.v) as isize,
-                false,
-                lhs.as_ptr(),
-                1,
-                (d.heads * d.kv_lora) as isize,
-                w.as_ptr(),
-                d.kv_lora as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        };
+        for (r0, rows) in row_blocks(m, mode) {
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d.v,
+                    d.kv_lora,
+                    dst.ptr().add(r0 * d.heads * d.v + h * d.v),
+                    1,
+                    (d.heads * d.v) as isize,
+                    false,
+                    lhs.as_ptr().add(r0 * d.heads * d.kv_lora),
+                    1,
+                    (d.heads * d.kv_lora) as isize,
+                    w.as_ptr(),
+                    d.kv_lora as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
+        }
     });
     Ok(())
+}
+
+/// Row ranges a product over `m` rows is split into: one call for all of them, or (batch
+/// invariant) one per row, so a row's sums never depend on the rows beside it.
+fn row_blocks(m: usize, mode: GemmMode) -> impl Iterator<Item = (usize, usize)> {
+    let block = if mode == GemmMode::BatchInvariant { 1 } else { m.max(1) };
+    (0..m).step_by(block).map(move |r0| (r0, block.min(m - r0)))
 }
 
 fn topk_view<'a>(

@@ -19,6 +19,18 @@ use crate::model::weights::{blocks, Bytes, DType, HostLinear};
 
 /// Below this many activation rows, weights are consumed row by row with dot products.
 const SMALL_M: usize = 8;
+
+/// How [`linear`] picks its inner loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GemmMode {
+    /// The fastest loop for the number of rows: the result of a row may change in its last
+    /// bits with how many rows share the call.
+    #[default]
+    Fastest,
+    /// Every output element is one `dot` of a dequantized weight row, whatever the batch: a
+    /// request gets bit-identical logits alone or batched (SGLang's deterministic inference).
+    BatchInvariant,
+}
 /// Weight rows dequantized per tile on the GEMM path.
 const TILE_ROWS: usize = 64;
 /// Roughly the multiply-adds one parallel task should carry to be worth its scheduling.
@@ -142,6 +154,7 @@ pub fn quantize_rows(x: &[f32], k: usize, fmt: ScaleFmt, out: &mut [f32]) {
 /// `out[m, rows] = x[m, cols] · wᵀ`.
 pub fn linear(
     pool: &Pool<f32>,
+    mode: GemmMode,
     x: &[f32],
     m: usize,
     w: &CpuLinear,
@@ -166,8 +179,8 @@ pub fn linear(
         xq = Some(buf);
     }
     let x = xq.as_deref().unwrap_or(x);
-    if m < SMALL_M {
-        linear_rows(pool, x, m, w, out);
+    if mode == GemmMode::BatchInvariant || m < SMALL_M {
+        linear_rows(pool, mode, x, m, w, out);
     } else {
         linear_tiles(pool, x, m, w, out);
     }
@@ -175,13 +188,13 @@ pub fn linear(
 }
 
 /// Few activation rows: each weight row is visited once and dotted with every activation row.
-fn linear_rows(pool: &Pool<f32>, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
+fn linear_rows(pool: &Pool<f32>, mode: GemmMode, x: &[f32], m: usize, w: &CpuLinear, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     let rows_per_task = (TASK_WORK / (k * m).max(1)).clamp(1, n);
     let dst = SharedMut::new(out);
     let task = |r0: usize| {
         let r1 = (r0 + rows_per_task).min(n);
-        if m == 1 && w.is_fp8() {
+        if m == 1 && w.is_fp8() && mode == GemmMode::Fastest {
             for r in r0..r1 {
                 let v = w.fp8_row_dot(r, x).unwrap_or(0.0);
                 // SAFETY: element (0, r) belongs to this task's rows alone.

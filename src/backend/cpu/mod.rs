@@ -18,7 +18,7 @@ use crate::fp8::ScaleFmt;
 use crate::model::weights::{HostLinear, HostTensor};
 use crate::tensor::{IntTensor, Tensor};
 
-pub use linear::CpuLinear;
+pub use linear::{CpuLinear, GemmMode};
 pub use moe::CpuExpert;
 
 /// Multiply-adds below which a kernel stays on one thread: handing work to another costs more
@@ -38,11 +38,17 @@ fn min_len(items: usize, work: usize) -> usize {
 #[derive(Default)]
 pub struct CpuBackend {
     pools: scratch::Pools,
+    gemm: GemmMode,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A backend whose results for a row do not depend on what else is in the batch.
+    pub fn batch_invariant() -> Self {
+        CpuBackend { gemm: GemmMode::BatchInvariant, ..Self::default() }
     }
 }
 
@@ -89,6 +95,10 @@ impl Backend for CpuBackend {
         rayon::join(step, || ()).0
     }
 
+    fn elem_bytes(&self) -> usize {
+        std::mem::size_of::<f32>()
+    }
+
     fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>> {
         Ok(Tensor { buf: vec![0.0; rows * cols], rows, cols })
     }
@@ -108,6 +118,12 @@ impl Backend for CpuBackend {
 
     fn read(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
         Ok(t.buf.clone())
+    }
+
+    fn read_into(&self, t: &Tensor<Self>, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        out.extend_from_slice(&t.buf);
+        Ok(())
     }
 
     fn int_zeros(&self, rows: usize, cols: usize) -> Result<IntTensor<Self>> {
@@ -155,7 +171,7 @@ impl Backend for CpuBackend {
         ensure_shape(x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(), "linear", || {
             format!("x {:?} · w [{}, {}]ᵀ into {:?}", x.shape(), w.rows(), w.cols(), out.shape())
         })?;
-        linear::linear(&self.pools.f32, &x.buf, x.rows, w, quant, &mut out.buf)
+        linear::linear(&self.pools.f32, self.gemm, &x.buf, x.rows, w, quant, &mut out.buf)
     }
 
     fn embedding(&self, table: &CpuLinear, ids: &[u32], out: &mut Tensor<Self>) -> Result<()> {
@@ -207,7 +223,7 @@ impl Backend for CpuBackend {
             format!("x {:?}, idx [{}, {}], weights {:?}", x.shape(), idx.rows, idx.cols, weights.shape())
         })?;
         same_shape(x, out, "moe_experts")?;
-        moe::moe_experts(&self.pools, &x.buf, experts, &idx.buf, &weights.buf, quant, &mut out.buf)
+        moe::moe_experts(&self.pools, self.gemm, &x.buf, experts, &idx.buf, &weights.buf, quant, &mut out.buf)
     }
 
     fn rms_norm(
@@ -298,7 +314,7 @@ impl Backend for CpuBackend {
             "absorb_q",
             || format!("q {:?}, out {:?}, dims {dims:?}", q.shape(), out.shape()),
         )?;
-        attention::absorb_q(&self.pools.f32, &q.buf, kv_b, dims, out.rows, &mut out.buf)
+        attention::absorb_q(&self.pools.f32, self.gemm, &q.buf, kv_b, dims, out.rows, &mut out.buf)
     }
 
     fn mla_decode(
@@ -323,7 +339,7 @@ impl Backend for CpuBackend {
         ensure_shape(out.rows == o_lat.rows, "absorb_out", || {
             format!("o_lat {:?}, out {:?}", o_lat.shape(), out.shape())
         })?;
-        attention::absorb_out(&self.pools.f32, &o_lat.buf, kv_b, dims, o_lat.rows, &mut out.buf)
+        attention::absorb_out(&self.pools.f32, self.gemm, &o_lat.buf, kv_b, dims, o_lat.rows, &mut out.buf)
     }
 
     fn mla_prefill(

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::elementwise::{add_assign, silu_mul};
-use super::linear::{linear, CpuLinear};
+use super::linear::{linear, CpuLinear, GemmMode};
 use super::min_len;
 use super::scratch::Pools;
 use super::simd::SharedMut;
@@ -110,6 +110,7 @@ pub fn route(
 /// `out[t] = Σ_j weights[t, j] · expert_{idx[t, j]}(x[t])`.
 pub fn moe_experts(
     pools: &Pools,
+    mode: GemmMode,
     x: &[f32],
     experts: &[CpuExpert],
     idx: &[i32],
@@ -168,11 +169,11 @@ pub fn moe_experts(
             }
             let mut g = pool.take(n * inter);
             let mut u = pool.take(n * inter);
-            linear(pool, &xe, n, &ex.gate, quant, &mut g)?;
-            linear(pool, &xe, n, &ex.up, quant, &mut u)?;
+            linear(pool, mode, &xe, n, &ex.gate, quant, &mut g)?;
+            linear(pool, mode, &xe, n, &ex.up, quant, &mut u)?;
             silu_mul(&mut g, &u)?;
             let mut y = pool.take(n * d);
-            linear(pool, &g, n, &ex.down, quant, &mut y)?;
+            linear(pool, mode, &g, n, &ex.down, quant, &mut y)?;
             for (j, &a) in assigned.iter().enumerate() {
                 // SAFETY: assignment `a` belongs to exactly one expert.
                 let dst = unsafe { slots.slice(a * d, d) };

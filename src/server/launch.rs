@@ -1,0 +1,186 @@
+//! `flashseek serve`: SGLang's flags for DeepSeek models, model and tokenizer loading, the
+//! engine thread and the HTTP server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use super::{AppState, SamplingDefaults, Server};
+use crate::backend::CpuBackend;
+use crate::engine::{self, EngineConfig};
+use crate::metrics::Metrics;
+use crate::model::config::ModelConfig;
+use crate::model::{ActQuant, Model};
+use crate::tokenizer::{ChatFormat, ReasoningFormat, Tokenizer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolCallParserArg {
+    /// DeepSeek-V3.2's DSML function calls.
+    Deepseekv32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActQuantArg {
+    /// Round activations through FP8 as DeepSeek's inference does.
+    Fp8,
+    /// Keep activations in f32.
+    None,
+}
+
+impl From<ActQuantArg> for ActQuant {
+    fn from(a: ActQuantArg) -> Self {
+        match a {
+            ActQuantArg::Fp8 => ActQuant::Fp8,
+            ActQuantArg::None => ActQuant::None,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// A model directory in the Hugging Face layout (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model_path: PathBuf,
+    /// Where tokenizer.json and tokenizer_config.json are, if not in the model directory.
+    #[arg(long)]
+    pub tokenizer_path: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// Split reasoning from the answer: `deepseek-r1` (output always starts in reasoning) or
+    /// `deepseek-v3` (only when the request turns thinking on).
+    #[arg(long, value_parser = parse_reasoning)]
+    pub reasoning_parser: Option<ReasoningFormat>,
+    /// Turn DSML tool calls in the output into OpenAI `tool_calls`.
+    #[arg(long, value_enum)]
+    pub tool_call_parser: Option<ToolCallParserArg>,
+    /// A Jinja chat template file to use instead of the model's.
+    #[arg(long)]
+    pub chat_template: Option<PathBuf>,
+    /// Longest prompt plus output (default: the model's max_position_embeddings, capped by the KV pool).
+    #[arg(long)]
+    pub context_length: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub max_running_requests: usize,
+    /// Share of the memory available at start-up given to the KV cache.
+    #[arg(long, default_value_t = 0.3)]
+    pub mem_fraction_static: f64,
+    /// Size the KV cache in tokens instead (overrides --mem-fraction-static).
+    #[arg(long)]
+    pub max_total_tokens: Option<usize>,
+    /// Prefill tokens per step; longer prompts are fed in chunks between decode steps.
+    #[arg(long, default_value_t = 2048)]
+    pub chunked_prefill_size: usize,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    #[arg(long, default_value = "fp8")]
+    pub act_quant: ActQuantArg,
+    /// Tensor-parallel size.
+    #[arg(long, visible_alias = "tp-size", default_value_t = 1)]
+    pub tp: usize,
+    /// Data-parallel size.
+    #[arg(long, visible_alias = "dp-size", default_value_t = 1)]
+    pub dp: usize,
+    /// Expert-parallel size.
+    #[arg(long, visible_alias = "ep-size", default_value_t = 1)]
+    pub ep: usize,
+    #[arg(long)]
+    pub enable_dp_attention: bool,
+    /// Batch-invariant kernels: a greedy request gives the same tokens alone or batched, at
+    /// some cost in prefill speed.
+    #[arg(long)]
+    pub enable_deterministic_inference: bool,
+    /// The model name clients use (default: the model directory's path).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+}
+
+fn parse_reasoning(s: &str) -> Result<ReasoningFormat, String> {
+    s.parse()
+}
+
+/// Checks the flags, loads everything and binds the port; the returned server is ready to run.
+pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
+    check_supported(args)?;
+    let config = ModelConfig::from_file(&args.model_path.join("config.json"))?;
+    let tok_dir = args.tokenizer_path.as_deref().unwrap_or(&args.model_path);
+    let tokenizer = Arc::new(Tokenizer::from_dir(tok_dir)?);
+    let chat =
+        ChatFormat::select(config.model_type.as_str(), tokenizer.chat_template(), args.chat_template.as_deref())?;
+    let defaults = sampling_defaults(&args.model_path)?;
+    let metrics = Arc::new(Metrics::default());
+    let engine_config = EngineConfig {
+        max_running: args.max_running_requests,
+        chunked_prefill_size: args.chunked_prefill_size,
+        max_total_tokens: args.max_total_tokens,
+        mem_fraction_static: args.mem_fraction_static,
+        context_length: args.context_length,
+    };
+    let (path, act) = (args.model_path.clone(), ActQuant::from(args.act_quant));
+    let deterministic = args.enable_deterministic_inference;
+    let load = move || {
+        let backend = if deterministic { CpuBackend::batch_invariant() } else { CpuBackend::new() };
+        Model::load(backend, &path, act)
+    };
+    let handle = engine::start(load, Arc::clone(&tokenizer), engine_config, Arc::clone(&metrics))?;
+    let info = handle.info().clone();
+    let state = AppState {
+        engine: handle,
+        tokenizer,
+        chat,
+        model_name: args.served_model_name.clone().unwrap_or_else(|| args.model_path.display().to_string()),
+        model_path: args.model_path.clone(),
+        model_type: config.model_type.as_str().to_string(),
+        reasoning: args.reasoning_parser,
+        tool_calls: args.tool_call_parser.is_some(),
+        defaults,
+        metrics,
+    };
+    let addr = format!("{}:{}", args.host, args.port);
+    let server = Server::bind(&addr, state)?;
+    let bound = server.local_addr().map_or(addr, |a| a.to_string());
+    eprintln!(
+        "flashseek: serving {} on http://{bound} (context {}, KV pool {} tokens, up to {} running)",
+        args.model_path.display(),
+        info.context_length,
+        info.num_blocks * crate::kv_cache::BLOCK_SIZE,
+        info.max_running
+    );
+    Ok(server)
+}
+
+fn check_supported(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.device == Device::Cuda {
+        bail!("--device cuda: this build has no CUDA backend yet; use --device cpu");
+    }
+    for (flag, v) in [("--tp", args.tp), ("--dp", args.dp), ("--ep", args.ep)] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
+        if v > 1 {
+            bail!("{flag} {v}: parallel serving is not supported yet; run with {flag} 1");
+        }
+    }
+    if args.enable_dp_attention {
+        bail!("--enable-dp-attention is not supported yet");
+    }
+    Ok(())
+}
+
+/// `generation_config.json`'s sampling defaults, when the model ships one.
+fn sampling_defaults(dir: &Path) -> anyhow::Result<SamplingDefaults> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(SamplingDefaults::default());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
