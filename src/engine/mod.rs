@@ -12,7 +12,7 @@ mod prefix_cache;
 mod sampler;
 mod stop;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
@@ -99,6 +99,16 @@ pub struct EngineHandle {
     tx: Sender<Command>,
     info: Arc<EngineInfo>,
     next_id: Arc<AtomicU64>,
+    alive: Arc<AtomicBool>,
+}
+
+/// Marks the engine stopped when its thread ends, by returning or by a panic.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The outputs of the requests submitted together, each tagged with its index in the
@@ -138,9 +148,12 @@ where
 {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
+    let alive = Arc::new(AtomicBool::new(true));
+    let guard = AliveGuard(Arc::clone(&alive));
     std::thread::Builder::new()
         .name("flashseek-engine".into())
         .spawn(move || {
+            let _guard = guard;
             let core = load().and_then(|model| core::Core::new(model, tokenizer, config, metrics, rx));
             match core {
                 Ok(mut core) => {
@@ -155,12 +168,17 @@ where
         })
         .map_err(|e| Error::Input(format!("cannot start the engine thread: {e}")))?;
     let info = ready_rx.recv().map_err(|_| Error::Input("the engine thread stopped while starting".into()))??;
-    Ok(EngineHandle { tx, info: Arc::new(info), next_id: Arc::new(AtomicU64::new(0)) })
+    Ok(EngineHandle { tx, info: Arc::new(info), next_id: Arc::new(AtomicU64::new(0)), alive })
 }
 
 impl EngineHandle {
     pub fn info(&self) -> &EngineInfo {
         &self.info
+    }
+
+    /// Whether the engine thread is still running (it stops only on a bug).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
     }
 
     /// Checks the requests against the model and queues them all, or none.

@@ -77,10 +77,11 @@ fn handle(state: &AppState, mut req: Request) {
     let method = req.method().clone();
     let path = req.url().split('?').next().unwrap_or("").to_string();
     let result = match (&method, path.as_str()) {
-        (Method::Get, "/health" | "/health_generate") => {
+        (Method::Get, "/health" | "/health_generate") if state.engine.is_alive() => {
             http::respond(req, 200, "text/plain", Vec::new());
             return;
         }
+        (Method::Get, "/health" | "/health_generate") => Err(ApiError::unavailable("the engine has stopped")),
         (Method::Get, "/metrics") => {
             http::respond(req, 200, "text/plain; version=0.0.4", state.metrics.render().into_bytes());
             return;
