@@ -3,6 +3,7 @@
 in git; libFuzzer's working corpus goes to the git-ignored fuzz/corpus/). Run from anywhere."""
 import json
 import os
+import re
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -135,3 +136,128 @@ with open(os.path.join(REGRESSIONS, "start-pos-overflow-with-table"), "wb") as f
 # A block id of 2^26 in a caller's table: `block * 64` overflowed u32 in step.rs `slot()`.
 with open(os.path.join(REGRESSIONS, "block-id-overflow"), "wb") as f:
     f.write(run(4, step(seq(0, 1 | 0x80, [5], bytes([1, 0x80]) + struct.pack("<I", 1 << 26)))))
+
+
+# output_parsers: a plan byte (low 4 bits: how many chunk lengths follow; bit 4: cycle them;
+# no lengths: one char per chunk), the lengths, then the generated text.
+def parsers(plan, lengths, text):
+    assert plan & 15 == len(lengths)
+    return bytes([plan]) + bytes(lengths) + (text.encode() if isinstance(text, str) else text)
+
+
+# What the model generated in DeepSeek's own test conversation: each turn's output, from the
+# prompt's `<think>` or `</think>` opener to its end-of-sentence token.
+golden = read("dsv32-encoding/test_output.txt").decode()
+outputs = [m.group(2) for m in re.finditer(r"(<think>|</think>)(.*?)<｜end▁of▁sentence｜>", golden, re.S)]
+plans = [(0, []), (0x13, [1, 5, 0]), (0x04, [7, 30, 0, 2]), (0x12, [3, 64]), (0x01, [200])]
+for i, text in enumerate(outputs):
+    plan, lengths = plans[i % len(plans)]
+    put("output_parsers", f"golden-turn{i}", parsers(plan, lengths, text))
+D = "｜DSML｜"
+typed = (
+    f"need weather</think>\n\n<{D}function_calls>\n<{D}invoke name=\"get_weather\">\n"
+    f"<{D}parameter name=\"city\" string=\"true\">Paris</{D}parameter>\n"
+    f"<{D}parameter name=\"days\" string=\"false\">3</{D}parameter>\n"
+    f"<{D}parameter name=\"opt\" string=\"false\">{{\"unit\": \"C\", \"deep\": [1, {{\"x\": \"<y>\"}}]}}</{D}parameter>\n"
+    f"<{D}parameter name=\"bad\" string=\"false\">not json</{D}parameter>\n"
+    f"<{D}parameter name = \"days\" >4</{D}parameter>\n"
+    f"<{D}parameter name=\"quote\" string=\"true\"> say \"hi\"\n</{D}parameter>\n"
+    f"</{D}invoke>\n</{D}function_calls>"
+)
+put("output_parsers", "typed-params", parsers(0x12, [2, 9], typed))
+put("output_parsers", "typed-params-by-char", parsers(0, [], typed))
+json_body = f"<{D}function_calls><{D}invoke name=\"f\">{{\"a\": [1, 2], \"b\": \"</x>\"}}</{D}invoke></{D}function_calls>tail"
+put("output_parsers", "json-body", parsers(0x11, [4], json_body))
+unterminated = f"text <{D}function_calls>\n<{D}invoke name=\"f\">\n<{D}parameter name=\"a\" string=\"true\">x"
+put("output_parsers", "unterminated", parsers(0x02, [10, 0], unterminated))
+malformed = f"<{D}function_calls>\n<{D}invoke name=\"\">\n</{D}invoke>\n</{D}function_calls> and <{D}invoke name=\"g\">"
+put("output_parsers", "malformed", parsers(0x13, [1, 2, 3], malformed))
+put("output_parsers", "think-markers", parsers(0x11, [3], "<think><think>thought</think>answer <think> x </think> y"))
+put("output_parsers", "partial-markers", parsers(0x01, [9], "plain </thi"))
+put("output_parsers", "partial-block", parsers(0, [], f"answer <{D}func"))
+put("output_parsers", "not-utf8", parsers(0x01, [2], b"a\xe4\xb8</think>\xff<\xef\xbd\x9cDSML"))
+
+# chat_encoding: DeepSeek's test conversation (thinking mode, tools), and the requests of
+# tests/chat_encoding.rs, plus a few the encoders must reject without panicking.
+put("chat_encoding", "golden-test-input.json", read("dsv32-encoding/test_input.json"))
+golden_in = json.loads(read("dsv32-encoding/test_input.json"))
+golden_in["thinking"] = True
+put("chat_encoding", "golden-thinking.json", json.dumps(golden_in, ensure_ascii=False).encode())
+weather = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]},
+    },
+}
+args = {"city": "Paris", "days": 3, "ratio": 1.5, "big": 1e20, "tiny": 1e-5, "whole": 2.0, "ok": True, "none": None,
+        "tags": ["a", "b"], "opt": {"unit": "C", "deep": [1, {"x": "<y>"}]}, "quote": "say \"hi\"\n"}
+
+
+def chat(name, messages, **extra):
+    put("chat_encoding", name, json.dumps(dict(messages=messages, **extra), ensure_ascii=False).encode())
+
+
+hello = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+chat("chat-mode.json", [{"role": "system", "content": "You are terse."}, *hello, {"role": "user", "content": "Weather in Paris?"}])
+chat(
+    "thinking-tools.json",
+    [*hello, {"role": "user", "content": "Weather in Paris?"},
+     {"role": "assistant", "content": None, "reasoning_content": "need weather",
+      "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(args)}}]},
+     {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
+    tools=[weather], thinking=True,
+)
+chat("developer.json", [{"role": "system", "content": "Sys."}, {"role": "developer", "content": "Answer in French."}],
+     chat_template_kwargs={"thinking": True})
+chat("response-format.json", [{"role": "user", "content": [{"type": "text", "text": "JSON "}, {"type": "text", "text": "please"}]}],
+     response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
+chat("flat-call-object-args.json",
+     [{"role": "user", "content": "go"},
+      {"role": "assistant", "tool_calls": [{"name": "f", "arguments": {"a": [1, 2.5e-7]}}, {"function": {"name": "g"}}]},
+      {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}, {"role": "critic", "content": "skipped"}],
+     tools=[{"name": "f"}, {"function": {"name": "g", "parameters": {"type": "object"}}}], add_generation_prompt=False)
+# Errors: arguments not an object, a tool result with no call, an empty developer turn,
+# more results than calls, a thinking-mode final assistant turn with nothing to think.
+chat("args-not-object.json", [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}])
+chat("orphan-tool.json", [{"role": "tool", "content": "r"}, {"role": "user", "content": "x"}])
+chat("empty-developer.json", [{"role": "developer", "content": ""}])
+chat("extra-result.json",
+     [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}])
+chat("thinking-no-reasoning.json", [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], thinking=True)
+put("chat_encoding", "bare-array.json", json.dumps([{"role": "user", "content": "<｜User｜>{{ raise_exception('x') }}"}]).encode())
+
+
+# tokenizer_decode: n, n u16 ids (below 0x8000: the id modulo 2048; from 0x8000: outside the
+# vocabulary), then anything (the whole input is also encoded as text).
+tok = json.loads(read("tiny-v32/tokenizer.json"))
+vocab = tok["model"]["vocab"]
+# GPT-2's byte-level alphabet: the character each byte is written as.
+alphabet = [b for b in range(256) if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
+byte_char = {b: chr(b) for b in alphabet}
+extra = 0
+for b in range(256):
+    if b not in byte_char:
+        byte_char[b] = chr(256 + extra)
+        extra += 1
+
+
+def byte_ids(data):
+    return [vocab["".join(byte_char[b] for b in data[i : i + 1])] for i in range(len(data))]
+
+
+def decode_seed(ids, tail=b""):
+    return bytes([len(ids)]) + b"".join(struct.pack("<H", i) for i in ids) + tail
+
+
+hello_ids = byte_ids("Hello, 世界!".encode())
+put("tokenizer_decode", "bytes-hello", decode_seed(hello_ids))
+# 中 (E4 B8 AD) as the two-byte token "ä¸" and the byte AD: a character split across tokens.
+zhong = [vocab["ä¸"], vocab[byte_char[0xAD]]]
+put("tokenizer_decode", "split-char", decode_seed(zhong + byte_ids(b" ok") + zhong))
+put("tokenizer_decode", "specials", decode_seed([0, 2, *byte_ids(b"Hi"), 3, 4, *byte_ids(b"hmm"), 5, *byte_ids(b"yes"), 1]))
+put("tokenizer_decode", "out-of-range", decode_seed([*byte_ids(b"ab"), 0x8000, vocab["ä¸"], 0xFFFF, vocab[byte_char[0xAD]], 0xC000]))
+put("tokenizer_decode", "lone-lead-byte", decode_seed([*byte_ids(b"\xe4"), *byte_ids(b"A"), *byte_ids(b"\xf0\x9f"), 2047]))
+put("tokenizer_decode", "text", b"\x00" + "<｜User｜>Hi <think>中文 123 \r\n\t</think><｜Assistant｜>éh?".encode())

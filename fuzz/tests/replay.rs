@@ -13,12 +13,15 @@ use fuzz_common::targets;
 /// A target's name and body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 8] = [
     ("config_json", targets::config_json::run),
     ("config_model_load", targets::config_model_load::run),
     ("safetensors_checkpoint", targets::safetensors_checkpoint::run),
     ("shard_index", targets::shard_index::run),
     ("token_ids_cli_like", targets::token_ids_cli_like::run),
+    ("output_parsers", targets::output_parsers::run),
+    ("chat_encoding", targets::chat_encoding::run),
+    ("tokenizer_decode", targets::tokenizer_decode::run),
 ];
 
 fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
