@@ -72,7 +72,9 @@ pub fn generate<'a>(state: &'a AppState, body: &[u8]) -> Result<Reply<'a>, ApiEr
     let p = prepare(state, body)?;
     let stream = state.engine.submit(p.requests)?;
     let choices: Vec<Choice> = (0..p.count).map(|_| Choice::new(None, None)).collect();
-    let answer = Answer { logprobs: p.logprobs, batch: p.batch, start: Instant::now() };
+    let ids = (0..p.count).map(|_| new_id("gen")).collect();
+    let answer =
+        Answer { logprobs: p.logprobs, batch: p.batch, start: Instant::now(), ids, prompt_lens: p.prompt_lens };
     Ok(if p.stream {
         Box::new(move |req| answer.stream(state, req, stream, choices))
     } else {
@@ -83,6 +85,7 @@ pub fn generate<'a>(state: &'a AppState, body: &[u8]) -> Result<Reply<'a>, ApiEr
 struct Prepared {
     requests: Vec<crate::engine::Request>,
     count: usize,
+    prompt_lens: Vec<usize>,
     /// Whether the caller sent a list (then it gets a list back).
     batch: bool,
     stream: bool,
@@ -120,6 +123,7 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
     let requests: Vec<_> = prompts.iter().flat_map(|ids| seeded_copies(ids, &params, n)).collect();
     Ok(Prepared {
         count: requests.len(),
+        prompt_lens: requests.iter().map(|r| r.prompt.len()).collect(),
         requests,
         batch: batch || n > 1,
         stream: r.stream,
@@ -131,14 +135,17 @@ struct Answer {
     logprobs: bool,
     batch: bool,
     start: Instant,
+    /// Per choice: its response id and prompt length, reported in every event.
+    ids: Vec<String>,
+    prompt_lens: Vec<usize>,
 }
 
 impl Answer {
     fn item(&self, state: &AppState, i: usize, c: &Choice) -> Value {
         let mut meta = json!({
-            "id": new_id("gen"),
+            "id": self.ids.get(i),
             "finish_reason": c.finished.as_ref().map(finish_json),
-            "prompt_tokens": c.finished.as_ref().map_or(0, |f| f.prompt_tokens),
+            "prompt_tokens": self.prompt_lens.get(i),
             "completion_tokens": c.token_ids.len(),
             "cached_tokens": c.finished.as_ref().map_or(0, |f| f.cached_tokens),
             "e2e_latency": self.start.elapsed().as_secs_f64(),
