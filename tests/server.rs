@@ -400,3 +400,52 @@ fn two_hundred_concurrent_streams_lose_nothing() {
         assert_eq!(got, &run(i), "request {i} differs from the same request alone");
     }
 }
+
+/// A V3 model renders its Jinja `chat_template`; `--chat-template` replaces it; `deepseek-r1`
+/// treats the whole output as reasoning until `</think>`.
+#[test]
+fn jinja_template_override_and_r1_reasoning() {
+    let v3 = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v3");
+    let dir = std::env::temp_dir().join(format!("flashseek-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let template = dir.join("plain.jinja");
+    std::fs::write(&template, "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}").unwrap();
+    let serve = |extra: &[&str]| {
+        let mut argv =
+            vec!["serve", "--model-path", v3, "--port", "0", "--max-total-tokens", "8192", "--context-length", "1024"];
+        argv.extend_from_slice(extra);
+        let server = launch::start(&Cli::parse_from(argv).serve).expect("server starts");
+        let addr = server.local_addr().expect("bound address");
+        thread::spawn(move || server.run());
+        addr
+    };
+    let prompt_tokens = |addr: SocketAddr, text: &str| {
+        ok(&post(addr, "/v1/tokenize", &json!({"prompt": text})))["count"].as_u64().unwrap()
+    };
+    let body = json!({"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 24, "temperature": 0});
+
+    let jinja = serve(&["--reasoning-parser", "deepseek-r1"]);
+    let r = ok(&post(jinja, "/v1/chat/completions", &body));
+    // DeepSeek-V3's template: BOS, the user turn, the assistant tag.
+    let rendered = "<｜begin▁of▁sentence｜><｜User｜>Hello there<｜Assistant｜>";
+    assert_eq!(r["usage"]["prompt_tokens"].as_u64().unwrap(), prompt_tokens(jinja, rendered));
+    let raw = ok(&post(
+        jinja,
+        "/generate",
+        &json!({"text": rendered,
+        "sampling_params": {"max_new_tokens": 24, "temperature": 0}}),
+    ));
+    let text = raw["text"].as_str().unwrap();
+    let msg = &r["choices"][0]["message"];
+    let (reasoning, content) = match text.split_once("</think>") {
+        Some((r, c)) => (r.trim_start_matches("<think>"), c),
+        None => (text, ""),
+    };
+    assert_eq!(msg["reasoning_content"].as_str().unwrap_or(""), reasoning);
+    assert_eq!(msg["content"].as_str().unwrap_or(""), content);
+
+    let plain = serve(&["--chat-template", template.to_str().unwrap()]);
+    let r = ok(&post(plain, "/v1/chat/completions", &body));
+    assert_eq!(r["usage"]["prompt_tokens"].as_u64().unwrap(), prompt_tokens(plain, "[user] Hello there\n"));
+    std::fs::remove_dir_all(&dir).ok();
+}
