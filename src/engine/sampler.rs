@@ -180,3 +180,105 @@ fn log_sum_exp(logits: &[f32]) -> Result<f32> {
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
     Ok(max + sum.ln() as f32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The distribution `draw` should follow: softmax(logits / t), top-k, then top-p (keeping
+    /// the token that crosses `p`), then min-p, renormalized.
+    fn expected(logits: &[f32], p: &SamplingParams) -> Vec<f64> {
+        let mut probs: Vec<(usize, f64)> =
+            logits.iter().enumerate().map(|(i, &l)| (i, f64::from(l) / f64::from(p.temperature))).collect();
+        let max = probs.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+        probs.iter_mut().for_each(|x| x.1 = (x.1 - max).exp());
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if p.top_k > 0 {
+            probs.truncate(p.top_k);
+        }
+        let total: f64 = probs.iter().map(|x| x.1).sum();
+        let (mut kept, mut n) = (0.0, 0);
+        for x in &probs {
+            if n > 0 && (kept >= f64::from(p.top_p) * total || x.1 < f64::from(p.min_p) * probs[0].1) {
+                break;
+            }
+            kept += x.1;
+            n += 1;
+        }
+        let mut out = vec![0.0; logits.len()];
+        for &(i, q) in &probs[..n] {
+            out[i] = q / kept;
+        }
+        out
+    }
+
+    fn frequencies(logits: &[f32], p: &SamplingParams, draws: usize) -> Vec<f64> {
+        let mut sampler = Sampler::default();
+        let mut seq = SeqSampler::new(p, &[]);
+        let mut counts = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            let (id, _) = sampler.sample(&mut logits.to_vec(), p, &mut seq).unwrap();
+            counts[id as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    #[test]
+    fn draws_follow_the_filtered_distribution() {
+        let logits = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0];
+        let cases = [
+            SamplingParams { temperature: 1.0, seed: Some(1), ..SamplingParams::default() },
+            SamplingParams { temperature: 0.5, top_k: 3, seed: Some(2), ..SamplingParams::default() },
+            SamplingParams { temperature: 1.3, top_p: 0.7, seed: Some(3), ..SamplingParams::default() },
+            SamplingParams { temperature: 1.0, min_p: 0.2, seed: Some(4), ..SamplingParams::default() },
+            SamplingParams {
+                temperature: 2.0,
+                top_k: 6,
+                top_p: 0.9,
+                min_p: 0.05,
+                seed: Some(5),
+                ..SamplingParams::default()
+            },
+        ];
+        let draws = 40_000;
+        for p in &cases {
+            let want = expected(&logits, p);
+            let got = frequencies(&logits, p, draws);
+            for (i, (&w, &g)) in want.iter().zip(&got).enumerate() {
+                // Five standard deviations of a binomial frequency.
+                let bound = 5.0 * (w * (1.0 - w) / draws as f64).sqrt() + 1e-9;
+                assert!((w - g).abs() <= bound, "{p:?}: token {i} drawn {g:.4}, expected {w:.4}");
+            }
+        }
+    }
+
+    #[test]
+    fn greedy_penalties_and_logprobs() {
+        let mut sampler = Sampler::default();
+        let logits = [1.0f32, 3.0, 2.9, -1.0];
+        let greedy = SamplingParams { temperature: 0.0, logprobs: Some(2), ..SamplingParams::default() };
+        let mut seq = SeqSampler::new(&greedy, &[]);
+        let (id, lp) = sampler.sample(&mut logits.to_vec(), &greedy, &mut seq).unwrap();
+        assert_eq!(id, 1);
+        let lp = lp.unwrap();
+        let lse = logits.iter().map(|&l| f64::from(l).exp()).sum::<f64>().ln();
+        assert!((f64::from(lp.logprob) - (3.0 - lse)).abs() < 1e-5);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+
+        // Token 1 already produced twice: frequency 0.1 x 2 plus presence 0.05 push it below 2.
+        let penalized = SamplingParams { frequency_penalty: 0.1, presence_penalty: 0.05, ..greedy.clone() };
+        let mut seq = SeqSampler::new(&penalized, &[]);
+        seq.observe(1);
+        seq.observe(1);
+        let (id, lp) = sampler.sample(&mut logits.to_vec(), &penalized, &mut seq).unwrap();
+        assert_eq!(id, 2);
+        // Log-probabilities stay those of the raw distribution.
+        assert!((f64::from(lp.unwrap().logprob) - (2.9 - lse)).abs() < 1e-5);
+
+        // Repetition penalty on a prompt token: 3.0 / 1.2 = 2.5 < 2.9.
+        let rep = SamplingParams { repetition_penalty: 1.2, ..greedy };
+        let mut seq = SeqSampler::new(&rep, &[1]);
+        assert_eq!(sampler.sample(&mut logits.to_vec(), &rep, &mut seq).unwrap().0, 2);
+        assert!(sampler.sample(&mut vec![f32::NAN; 4], &rep, &mut seq).is_err());
+    }
+}
