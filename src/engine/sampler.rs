@@ -279,6 +279,6 @@ mod tests {
         let rep = SamplingParams { repetition_penalty: 1.2, ..greedy };
         let mut seq = SeqSampler::new(&rep, &[1]);
         assert_eq!(sampler.sample(&mut logits.to_vec(), &rep, &mut seq).unwrap().0, 2);
-        assert!(sampler.sample(&mut vec![f32::NAN; 4], &rep, &mut seq).is_err());
+        assert!(sampler.sample(&mut [f32::NAN; 4], &rep, &mut seq).is_err());
     }
 }
