@@ -6,16 +6,12 @@
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs");
-    let revision = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown revision".into());
+    // Asked of git rather than assumed to be .git/...: in a worktree `.git` is a file, and a
+    // path that does not exist makes cargo rerun this script (and nvcc) on every build.
+    for path in git(&["rev-parse", "--git-path", "HEAD", "--git-path", "refs"]).unwrap_or_default().lines() {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown revision".into());
     println!("cargo:rustc-env=FLASHSEEK_REVISION={revision}");
 
     #[cfg(feature = "cuda")]
@@ -24,6 +20,17 @@ fn main() {
         eprintln!("error: building the CUDA kernels failed:\n{e}");
         std::process::exit(1);
     }
+}
+
+/// The trimmed output of a git command; `None` outside a git checkout.
+fn git(args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
 }
 
 #[cfg(feature = "cuda")]
