@@ -6,6 +6,8 @@
 //! own storage types.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::error::{Error, Result};
 use crate::fp8::ScaleFmt;
