@@ -199,14 +199,7 @@ fn message(i: usize, m: MessageIn) -> Result<ChatMessage, ApiError> {
 }
 
 fn respond_whole(state: &AppState, req: Request, stream: &Stream, mut choices: Vec<Choice>, logprobs: bool) {
-    let timing = Timing::start();
-    while let Some((i, out)) = stream.recv() {
-        if let Some(c) = choices.get_mut(i) {
-            c.push(out);
-        }
-    }
-    timing.end(state);
-    if let Some(e) = engine_error(&choices) {
+    if let Err(e) = output::gather(state, stream, &mut choices) {
         return fail(state, req, &e);
     }
     let body = json!({
@@ -236,14 +229,6 @@ fn respond_whole(state: &AppState, req: Request, stream: &Stream, mut choices: V
         "usage": output::usage(&choices),
     });
     http::respond_json(req, 200, &body);
-}
-
-/// An engine failure (or the engine going away) before every choice finished.
-pub fn engine_error(choices: &[Choice]) -> Option<ApiError> {
-    if let Some(m) = output::abort_message(choices) {
-        return Some(ApiError::internal(format!("generation failed: {m}")));
-    }
-    choices.iter().any(|c| c.finished.is_none()).then(|| ApiError::unavailable("the engine stopped during generation"))
 }
 
 fn stream_response(
@@ -289,10 +274,8 @@ fn stream_response(
             timing.token(state);
         }
         if let Some(f) = &d.finished {
-            let sent = if let crate::engine::FinishReason::Abort(m) = &f.reason {
-                let e = ApiError::internal(format!("generation failed: {m}"));
-                output::note_failure(state);
-                es.send(&e.body().to_string())
+            let sent = if let Some(e) = output::abort_error(Some(f)) {
+                output::send_error(state, &mut es, &e)
             } else {
                 es.send(&chunk(json!({"index": i, "delta": {}, "logprobs": null,
                     "finish_reason": c.finish_reason(), "matched_stop": output::matched_stop(Some(f))})))
@@ -303,10 +286,8 @@ fn stream_response(
         }
     }
     timing.end(state);
-    if choices.iter().any(|c| c.finished.is_none()) {
-        let e = ApiError::unavailable("the engine stopped during generation");
-        output::note_failure(state);
-        let _ = es.send(&e.body().to_string());
+    if let Some(e) = output::stopped_early(&choices) {
+        let _ = output::send_error(state, &mut es, &e);
     }
     if include_usage {
         let last = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": state.model_name,

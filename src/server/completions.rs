@@ -3,13 +3,13 @@
 use serde_json::{json, Value};
 use tiny_http::Request;
 
-use super::chat::{engine_error, max_new_tokens, seeded_copies};
+use super::chat::{max_new_tokens, seeded_copies};
 use super::error::ApiError;
 use super::http::{self, EventStream};
 use super::output::{self, Choice, Timing};
 use super::protocol::{self, CompletionRequest, PromptIn};
 use super::{check_model, fail, new_id, now_secs, AppState, Reply};
-use crate::engine::{FinishReason, SamplingParams, Stream, TokenLogprob};
+use crate::engine::{SamplingParams, Stream, TokenLogprob};
 use crate::tokenizer::Tokenizer;
 
 /// OpenAI's default output limit for completions.
@@ -108,14 +108,7 @@ fn respond_whole(
     echo: &[String],
     logprobs: bool,
 ) {
-    let timing = Timing::start();
-    while let Some((i, out)) = stream.recv() {
-        if let Some(c) = choices.get_mut(i) {
-            c.push(out);
-        }
-    }
-    timing.end(state);
-    if let Some(e) = engine_error(&choices) {
+    if let Err(e) = output::gather(state, stream, &mut choices) {
         return fail(state, req, &e);
     }
     let body = json!({
@@ -158,9 +151,8 @@ fn stream_response(
     while let Some((i, out)) = stream.recv() {
         let Some(c) = choices.get_mut(i) else { continue };
         let d = c.push(out);
-        if let Some(FinishReason::Abort(m)) = d.finished.as_ref().map(|f| &f.reason) {
-            output::note_failure(state);
-            if es.send(&ApiError::internal(format!("generation failed: {m}")).body().to_string()).is_err() {
+        if let Some(e) = output::abort_error(d.finished.as_ref()) {
+            if output::send_error(state, &mut es, &e).is_err() {
                 return;
             }
             continue;
@@ -180,9 +172,8 @@ fn stream_response(
         }
     }
     timing.end(state);
-    if choices.iter().any(|c| c.finished.is_none()) {
-        output::note_failure(state);
-        let _ = es.send(&ApiError::unavailable("the engine stopped during generation").body().to_string());
+    if let Some(e) = output::stopped_early(&choices) {
+        let _ = output::send_error(state, &mut es, &e);
     }
     if include_usage {
         let mut last = chunk(json!([]));

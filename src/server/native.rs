@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tiny_http::Request;
 
-use super::chat::{engine_error, seeded_copies};
+use super::chat::seeded_copies;
 use super::error::ApiError;
 use super::http::{self, EventStream};
 use super::output::{self, Choice, Timing};
@@ -164,14 +164,7 @@ impl Answer {
     }
 
     fn whole(&self, state: &AppState, req: Request, stream: &Stream, mut choices: Vec<Choice>) {
-        let timing = Timing::start();
-        while let Some((i, out)) = stream.recv() {
-            if let Some(c) = choices.get_mut(i) {
-                c.push(out);
-            }
-        }
-        timing.end(state);
-        if let Some(e) = engine_error(&choices) {
+        if let Err(e) = output::gather(state, stream, &mut choices) {
             return fail(state, req, &e);
         }
         let items: Vec<Value> = choices.iter().enumerate().map(|(i, c)| self.item(state, i, c)).collect();
@@ -186,9 +179,8 @@ impl Answer {
         while let Some((i, out)) = stream.recv() {
             let Some(c) = choices.get_mut(i) else { continue };
             let d = c.push(out);
-            if let Some(FinishReason::Abort(m)) = d.finished.as_ref().map(|f| &f.reason) {
-                output::note_failure(state);
-                if es.send(&ApiError::internal(format!("generation failed: {m}")).body().to_string()).is_err() {
+            if let Some(e) = output::abort_error(d.finished.as_ref()) {
+                if output::send_error(state, &mut es, &e).is_err() {
                     return;
                 }
                 continue;
@@ -201,9 +193,8 @@ impl Answer {
             }
         }
         timing.end(state);
-        if choices.iter().any(|c| c.finished.is_none()) {
-            output::note_failure(state);
-            let _ = es.send(&ApiError::unavailable("the engine stopped during generation").body().to_string());
+        if let Some(e) = output::stopped_early(&choices) {
+            let _ = output::send_error(state, &mut es, &e);
         }
         let _ = es.done();
     }

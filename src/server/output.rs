@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use super::error::ApiError;
+use super::http::EventStream;
 use super::AppState;
-use crate::engine::{FinishReason, Finished, Output, TokenLogprob};
+use crate::engine::{FinishReason, Finished, Output, Stream, TokenLogprob};
 use crate::metrics::Metrics;
 use crate::tokenizer::{ParsedCall, ReasoningParser, Tokenizer, ToolCallParser};
 
@@ -151,12 +153,39 @@ pub fn usage(choices: &[Choice]) -> Value {
     })
 }
 
-/// The first engine error among the choices, if one ended that way.
-pub fn abort_message(choices: &[Choice]) -> Option<&str> {
-    choices.iter().find_map(|c| match c.finished.as_ref().map(|f| &f.reason) {
-        Some(FinishReason::Abort(m)) => Some(m.as_str()),
+/// The error of a choice the engine aborted.
+pub fn abort_error(f: Option<&Finished>) -> Option<ApiError> {
+    match f.map(|f| &f.reason) {
+        Some(FinishReason::Abort(m)) => Some(ApiError::internal(format!("generation failed: {m}"))),
         _ => None,
-    })
+    }
+}
+
+/// Choices left unfinished when the stream ended: the engine stopped during generation.
+pub fn stopped_early(choices: &[Choice]) -> Option<ApiError> {
+    choices.iter().any(|c| c.finished.is_none()).then(|| ApiError::unavailable("the engine stopped during generation"))
+}
+
+/// A whole (not streamed) answer: every output into its choice, then the engine's failure, if
+/// one ended a choice, as the response's error.
+pub fn gather(state: &AppState, stream: &Stream, choices: &mut [Choice]) -> Result<(), ApiError> {
+    let timing = Timing::start();
+    while let Some((i, out)) = stream.recv() {
+        if let Some(c) = choices.get_mut(i) {
+            c.push(out);
+        }
+    }
+    timing.end(state);
+    match choices.iter().find_map(|c| abort_error(c.finished.as_ref())).or_else(|| stopped_early(choices)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A streamed answer's error event (the status line went out already); counted as a failure.
+pub fn send_error(state: &AppState, es: &mut EventStream, e: &ApiError) -> std::io::Result<()> {
+    Metrics::add(&state.metrics.request_failures, 1);
+    es.send(&e.body().to_string())
 }
 
 /// Latency bookkeeping of one streamed response, fed to the metrics.
@@ -183,9 +212,4 @@ impl Timing {
     pub fn end(&self, state: &AppState) {
         state.metrics.e2e_latency.observe(self.start.elapsed());
     }
-}
-
-/// Counts a generated token batch toward the metrics only once (the engine counts tokens).
-pub fn note_failure(state: &AppState) {
-    Metrics::add(&state.metrics.request_failures, 1);
 }
