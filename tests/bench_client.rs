@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use flashseek::bench::accuracy::{answer_value, few_shot_prefix, few_shot_prompt, Example};
+use flashseek::bench::accuracy::{answer_value, few_shot_prefix, few_shot_prompt, signed_answer_value, Example};
 use flashseek::bench::dataset::{poisson_arrivals, random_lens};
 use flashseek::bench::stats::{mean, percentile, std, Summary};
 use flashseek::bench::{run_accuracy, run_serve, AccuracyArgs, ServeArgs, ServeReport};
@@ -806,6 +806,63 @@ fn accuracy_chat_mode_sends_the_bare_question() {
     assert_eq!(chats[0].body["model"], json!("mock-model"));
 }
 
+/// Question i ("What is 5 minus i?") has the label 5 - i, negative for i > 5; the mock answers
+/// |5 - i| for odd i (a wrong sign when i > 5) and 5 - i otherwise.
+fn signed_file(n: usize) -> PathBuf {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let r = 5 - i as i64;
+            json!({"question": format!("What is 5 minus {i}?"), "answer": format!("#### {r}"), "category": format!("c{}", i % 3)})
+                .to_string()
+        })
+        .collect();
+    let path = temp_path(&format!("signed-{n}.jsonl"));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn signed_mock_answer(q: &str) -> String {
+    let i: i64 = q.trim_start_matches("What is 5 minus ").trim_end_matches('?').parse().unwrap();
+    let r = if i % 2 == 1 { (5 - i).abs() } else { 5 - i };
+    format!("The answer is {r}.\n#### {r}")
+}
+
+#[test]
+fn accuracy_grades_signs_and_categories_and_asks_for_thinking() {
+    let mock = Mock::start(MockCfg { answer: signed_mock_answer, ..MockCfg::default() });
+    let data = signed_file(12);
+    let path = data.to_str().unwrap();
+    let out = temp_path("accuracy-report.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let args = ["--data-path", path, "--chat", "--thinking", "--num-questions", "12", "--num-shots", "0"];
+    let unsigned = run_accuracy(&accuracy_args(&mock.base, &args)).unwrap();
+    assert_eq!(unsigned.correct, 12, "without --signed the sign is not graded");
+    let mut signed_args = args.to_vec();
+    signed_args.extend(["--signed", "--output-file", out.to_str().unwrap()]);
+    let signed = run_accuracy(&accuracy_args(&mock.base, &signed_args)).unwrap();
+    // Wrong: odd i > 5, i.e. 7, 9 and 11 (categories c1, c0, c2).
+    assert_eq!(signed.correct, 9);
+    let cats: Vec<(String, usize, usize)> =
+        signed.categories.iter().map(|c| (c.category.clone(), c.correct, c.num_questions)).collect();
+    assert_eq!(cats, vec![("c0".into(), 3, 4), ("c1".into(), 3, 4), ("c2".into(), 3, 4)]);
+    let chats = mock.requests("/v1/chat/completions");
+    assert!(chats.iter().all(|c| c.body["chat_template_kwargs"] == json!({"thinking": true})));
+    let written: Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    assert_eq!(written["correct"], json!(9));
+    assert_eq!(written["categories"][0]["category"], json!("c0"));
+}
+
+#[test]
+fn signed_answer_values_keep_the_minus() {
+    assert_eq!(signed_answer_value("The answer is -85.\n#### -85"), Some("-85".into()));
+    assert_eq!(signed_answer_value("#### 85"), Some("85".into()));
+    assert_eq!(signed_answer_value("so 47 - 138 = -91"), Some("-91".into()));
+    assert_eq!(signed_answer_value("-1,234 apples"), Some("-1234".into()));
+    assert_eq!(signed_answer_value("it is -0"), Some("0".into()));
+    assert_eq!(signed_answer_value("agent -007"), None);
+    assert_eq!(signed_answer_value("no digits"), None);
+}
+
 #[test]
 fn accuracy_counts_failed_requests() {
     let base = start_flaky_server();
@@ -845,8 +902,8 @@ fn answer_extraction_matches_sglang() {
 #[test]
 fn few_shot_prompt_format() {
     let shots = [
-        Example { question: "Q1?".into(), answer: "A1\n#### 1".into() },
-        Example { question: "Q2?".into(), answer: "A2\n#### 2".into() },
+        Example { question: "Q1?".into(), answer: "A1\n#### 1".into(), category: None },
+        Example { question: "Q2?".into(), answer: "A2\n#### 2".into(), category: None },
     ];
     let prefix = few_shot_prefix(&shots);
     assert_eq!(

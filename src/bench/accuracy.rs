@@ -46,6 +46,16 @@ pub struct AccuracyArgs {
     /// Model name for --chat (default: the first one `GET /v1/models` lists).
     #[arg(long)]
     pub model: Option<String>,
+    /// With --chat: ask for thinking mode (`chat_template_kwargs.thinking`); the answer is
+    /// graded from the content only, not the reasoning.
+    #[arg(long, requires = "chat")]
+    pub thinking: bool,
+    /// Grade with the sign: `-5` is not `5` (SGLang drops the sign, which GSM8K never needs).
+    #[arg(long)]
+    pub signed: bool,
+    /// Append the report as one JSON line to this file.
+    #[arg(long)]
+    pub output_file: Option<PathBuf>,
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
     /// Seconds one request may take before it counts as failed.
@@ -53,11 +63,23 @@ pub struct AccuracyArgs {
     pub request_timeout: f64,
 }
 
-/// One GSM8K record; `answer` is the worked solution ending in `#### <number>`.
+/// One GSM8K record; `answer` is the worked solution ending in `#### <number>`. An optional
+/// `category` groups questions for a per-category breakdown.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Example {
     pub question: String,
     pub answer: String,
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+/// Accuracy over the questions of one category.
+#[derive(Clone, Debug, Serialize)]
+pub struct CategoryReport {
+    pub category: String,
+    pub num_questions: usize,
+    pub correct: usize,
+    pub accuracy: f64,
 }
 
 /// Results of one run. Failed requests count as wrong and are not counted as invalid.
@@ -79,6 +101,8 @@ pub struct AccuracyReport {
     /// Output tokens per second of wall-clock time.
     pub output_throughput: f64,
     pub first_error: Option<String>,
+    /// Per `category`, in the order categories first appear; empty when the data has none.
+    pub categories: Vec<CategoryReport>,
 }
 
 /// Asks the questions, grades the answers and prints SGLang's four summary lines.
@@ -97,7 +121,9 @@ pub fn run_accuracy(args: &AccuracyArgs) -> anyhow::Result<AccuracyReport> {
     let labels = questions
         .iter()
         .enumerate()
-        .map(|(i, ex)| label(&ex.answer).with_context(|| format!("example {}: the answer holds no number", i + 1)))
+        .map(|(i, ex)| {
+            label(&ex.answer, args.signed).with_context(|| format!("example {}: the answer holds no number", i + 1))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let base = args.base_url.clone().unwrap_or_else(|| format!("http://{}:{}", args.host, args.port));
@@ -112,13 +138,20 @@ pub fn run_accuracy(args: &AccuracyArgs) -> anyhow::Result<AccuracyReport> {
     })?;
     let latency = start.elapsed().as_secs_f64();
 
-    let report = grade(&replies, &labels, latency);
+    let categories: Vec<Option<&str>> = questions.iter().map(|ex| ex.category.as_deref()).collect();
+    let report = grade(&replies, &labels, &categories, args.signed, latency);
+    for c in &report.categories {
+        println!("{:<24} {:>4}/{:<4} {:.3}", c.category, c.correct, c.num_questions, c.accuracy);
+    }
     println!("Accuracy: {:.3}", report.accuracy);
     println!("Invalid: {:.3}", report.invalid_rate);
     println!("Latency: {:.3} s", report.latency);
     println!("Output throughput: {:.3} token/s", report.output_throughput);
     if let Some(err) = &report.first_error {
         eprintln!("{} of {} requests failed; the first error: {err}", report.failed, report.num_questions);
+    }
+    if let Some(path) = &args.output_file {
+        super::serve::append_jsonl(path, &report)?;
     }
     Ok(report)
 }
@@ -163,10 +196,28 @@ pub fn answer_value(text: &str) -> Option<String> {
     (trimmed.len() == digits.len()).then(|| trimmed.to_string())
 }
 
+/// `answer_value` with the sign: `-` right before the last number makes it negative (`-0` is 0).
+pub fn signed_answer_value(text: &str) -> Option<String> {
+    let value = answer_value(text)?;
+    let cleaned = text.replace(',', "");
+    let end = cleaned.rfind(|c: char| c.is_ascii_digit())?;
+    let start = cleaned[..end].rfind(|c: char| !c.is_ascii_digit()).map_or(0, |i| i + 1);
+    let negative = cleaned[..start].ends_with('-') && value != "0";
+    Some(if negative { format!("-{value}") } else { value })
+}
+
+fn graded_value(text: &str, signed: bool) -> Option<String> {
+    if signed {
+        signed_answer_value(text)
+    } else {
+        answer_value(text)
+    }
+}
+
 /// The reference value of a GSM8K answer: the number after its final `####`.
-fn label(answer: &str) -> Option<String> {
+fn label(answer: &str, signed: bool) -> Option<String> {
     let tail = answer.rsplit_once("####").map_or(answer, |(_, tail)| tail);
-    answer_value(tail)
+    graded_value(tail, signed)
 }
 
 /// A model's text up to the first stop string, in case the server does not apply them itself
@@ -186,6 +237,7 @@ struct Asker {
     client: Client,
     prefix: String,
     chat_model: Option<String>,
+    thinking: bool,
     max_new_tokens: usize,
     temperature: f64,
 }
@@ -197,7 +249,14 @@ impl Asker {
             (Some(model), true) => Some(model.clone()),
             (None, true) => Some(client.served_model()?),
         };
-        Ok(Asker { client, prefix, chat_model, max_new_tokens: args.max_new_tokens, temperature: args.temperature })
+        Ok(Asker {
+            client,
+            prefix,
+            chat_model,
+            thinking: args.thinking,
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+        })
     }
 
     fn ask(&self, question: &str) -> anyhow::Result<Reply> {
@@ -223,13 +282,16 @@ impl Asker {
     }
 
     fn ask_chat(&self, model: &str, question: &str) -> anyhow::Result<Reply> {
-        let body = json!({
+        let mut body = json!({
             "model": model,
             "messages": [{"role": "user", "content": question}],
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "stream": false,
         });
+        if self.thinking {
+            body["chat_template_kwargs"] = json!({"thinking": true});
+        }
         let resp = self.client.post_json("/v1/chat/completions", &body)?;
         let text = reply_text(&resp, "/choices/0/message/content")?;
         Ok(Reply { text, tokens: count_at(&resp, "/usage/completion_tokens") })
@@ -247,24 +309,59 @@ fn count_at(resp: &Value, pointer: &str) -> usize {
     resp.pointer(pointer).and_then(Value::as_u64).map_or(0, |n| n as usize)
 }
 
-fn grade(replies: &[anyhow::Result<Reply>], labels: &[String], latency: f64) -> AccuracyReport {
+fn grade(
+    replies: &[anyhow::Result<Reply>],
+    labels: &[String],
+    categories: &[Option<&str>],
+    signed: bool,
+    latency: f64,
+) -> AccuracyReport {
     let (mut correct, mut invalid, mut failed, mut output_tokens) = (0, 0, 0, 0);
     let mut first_error = None;
-    for (reply, label) in replies.iter().zip(labels) {
-        match reply {
+    let mut per_category: Vec<CategoryReport> = Vec::new();
+    for ((reply, label), category) in replies.iter().zip(labels).zip(categories) {
+        let right = match reply {
             Ok(reply) => {
                 output_tokens += reply.tokens;
-                match answer_value(truncate_at_stop(&reply.text)) {
-                    Some(value) if value == *label => correct += 1,
-                    Some(_) => {}
-                    None => invalid += 1,
+                match graded_value(truncate_at_stop(&reply.text), signed) {
+                    Some(value) if value == *label => {
+                        correct += 1;
+                        true
+                    }
+                    Some(_) => false,
+                    None => {
+                        invalid += 1;
+                        false
+                    }
                 }
             }
             Err(e) => {
                 failed += 1;
                 first_error.get_or_insert_with(|| format!("{e:#}"));
+                false
+            }
+        };
+        if let Some(name) = category {
+            let at = match per_category.iter().position(|c| c.category == *name) {
+                Some(at) => at,
+                None => {
+                    per_category.push(CategoryReport {
+                        category: name.to_string(),
+                        num_questions: 0,
+                        correct: 0,
+                        accuracy: 0.0,
+                    });
+                    per_category.len() - 1
+                }
+            };
+            if let Some(c) = per_category.get_mut(at) {
+                c.num_questions += 1;
+                c.correct += usize::from(right);
             }
         }
+    }
+    for c in &mut per_category {
+        c.accuracy = c.correct as f64 / c.num_questions as f64;
     }
     let n = replies.len();
     let frac = |k: usize| if n > 0 { k as f64 / n as f64 } else { 0.0 };
@@ -279,5 +376,6 @@ fn grade(replies: &[anyhow::Result<Reply>], labels: &[String], latency: f64) -> 
         output_tokens,
         output_throughput: if latency > 0.0 { output_tokens as f64 / latency } else { 0.0 },
         first_error,
+        categories: per_category,
     }
 }

@@ -637,7 +637,8 @@ fn python_float(x: f64) -> String {
     }
 }
 
-fn append_jsonl(path: &std::path::Path, report: &ServeReport) -> anyhow::Result<()> {
+/// Appends `report` as one JSON line, as SGLang's `--output-file` does.
+pub(super) fn append_jsonl(path: &std::path::Path, report: &impl Serialize) -> anyhow::Result<()> {
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
