@@ -1,15 +1,25 @@
 //! The CUDA kernels against the CPU backend, on random shapes. Without a GPU (or a CUDA driver)
 //! every test says so and passes, so `--features cuda` tests run on build machines; with
 //! `FLASHSEEK_REQUIRE_GPU=1` (GPU machines) a missing GPU fails them instead.
+//!
+//! Each property test draws a shape and a seed (the data come from the seed, so a failure
+//! shrinks to a small shape), runs the launcher on device buffers and the `CpuBackend`'s trait
+//! method on the same values, and compares value by value: NaN and infinity positions must
+//! match, kernels documented as bit-exact must give the CPU's bits, the others stay within the
+//! bound their test derives. Each test prints its worst relative error and where it was.
 #![cfg(feature = "cuda")]
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use flashseek::backend::cuda::CudaDevice;
-use flashseek::backend::{Backend, CpuBackend};
+use flashseek::backend::{Backend, CpuBackend, HeadCols, RopeLayout};
+use flashseek::fp8::{ScaleFmt, E4M3_TO_F32};
+use flashseek::model::weights::{HostLinear, HostTensor};
 use flashseek::tensor::Tensor;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 /// The GPU, opened once for all tests; `None` (after saying why) when there is none to test on.
 fn device() -> Option<&'static CudaDevice> {
@@ -28,50 +38,651 @@ fn device() -> Option<&'static CudaDevice> {
         .as_ref()
 }
 
+/// Cases per property test: each is one GPU launch and one CPU call on at most ~300k values.
+const CASES: u32 = 64;
+
+/// One f32 ulp at 1.0, relative: 2^-23.
+const ULP: f64 = 1.0 / (1u64 << 23) as f64;
+
 /// Widths: tiny, below and around one block of 256 threads, odd, and DeepSeek's hidden sizes.
 fn width_strategy() -> impl Strategy<Value = usize> {
     prop_oneof![1 => 1usize..8, 4 => 8usize..1200, 1 => Just(1536usize), 1 => Just(7168usize)]
+}
+
+fn fmt_strategy() -> impl Strategy<Value = ScaleFmt> {
+    prop_oneof![Just(ScaleFmt::Exact), Just(ScaleFmt::Ue8m0)]
+}
+
+/// SplitMix64: the test data, from the seed proptest draws.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    fn range(&mut self, lo: f32, hi: f32) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * u
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    fn values(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.range(lo, hi)).collect()
+    }
+
+    /// Values in `[lo, hi)` with, about one in `1 / rate`, a NaN, an infinity or a signed zero.
+    fn with_specials(&mut self, n: usize, lo: f32, hi: f32, rate: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                if self.range(0.0, 1.0) < rate {
+                    [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0][self.below(5)]
+                } else {
+                    self.range(lo, hi)
+                }
+            })
+            .collect()
+    }
+
+    /// Rows of values whose magnitudes differ by row (2^-20 .. 2^12): FP8 scales from the
+    /// 1e-4 floor to large, and the e4m3 subnormals.
+    fn magnitudes(&mut self, rows: usize, cols: usize) -> Vec<f32> {
+        let mut x = Vec::with_capacity(rows * cols);
+        for _ in 0..rows {
+            let scale = 2f32.powi(self.below(33) as i32 - 20);
+            x.extend((0..cols).map(|_| self.range(-1.0, 1.0) * scale));
+        }
+        x
+    }
+}
+
+fn tensor(rows: usize, cols: usize, data: Vec<f32>) -> Tensor<CpuBackend> {
+    Tensor::<CpuBackend>::from_vec(rows, cols, data).expect("cpu tensor")
+}
+
+// The driver refuses to allocate 0 bytes, and random shapes are sometimes empty: such buffers
+// get one value, which the launchers (checking only that buffers are long enough) ignore.
+
+fn upload(dev: &CudaDevice, data: &[f32]) -> CudaSlice<f32> {
+    dev.upload(if data.is_empty() { &[0.0] } else { data }).expect("upload")
+}
+
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(dev: &CudaDevice, n: usize) -> CudaSlice<T> {
+    dev.zeros(n.max(1)).expect("alloc")
+}
+
+/// The first `n` values of `buf`.
+fn download<T: DeviceRepr>(dev: &CudaDevice, buf: &CudaSlice<T>, n: usize) -> Vec<T> {
+    let mut v = dev.download(buf).expect("download (or a kernel fault)");
+    v.truncate(n);
+    v
+}
+
+/// The worst relative error a test met, and where; printed when the test ends.
+#[derive(Default)]
+struct Worst {
+    rel: f64,
+    at: String,
+    cases: usize,
+    values: usize,
+    nonfinite: usize,
+}
+
+impl Worst {
+    fn print(&self, op: &str) {
+        eprintln!(
+            "{op}: {} cases, {} values ({} NaN/inf, positions matched), worst relative error {:e}{}",
+            self.cases,
+            self.values,
+            self.nonfinite,
+            self.rel,
+            if self.at.is_empty() { String::new() } else { format!(" at {}", self.at) }
+        );
+    }
+}
+
+/// Compares the GPU's `got` with the CPU's `want` (rows of `cols`): NaN and infinity positions
+/// must match; where `bound(i)` is 0 the bits must match (so -0 and +0 differ), elsewhere
+/// `|got - want| <= bound(i)`.
+fn compare(
+    op: &str,
+    shape: &str,
+    cols: usize,
+    got: &[f32],
+    want: &[f32],
+    bound: impl Fn(usize) -> f64,
+    worst: &RefCell<Worst>,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len(), "{} {}: lengths", op, shape);
+    let cols = cols.max(1);
+    let mut w = worst.borrow_mut();
+    w.cases += 1;
+    w.values += want.len();
+    for (i, (&g, &c)) in got.iter().zip(want).enumerate() {
+        let at = || format!("{shape} row {} col {}", i / cols, i % cols);
+        if !c.is_finite() || !g.is_finite() {
+            w.nonfinite += 1;
+            let same = (c.is_nan() && g.is_nan()) || g == c;
+            prop_assert!(same, "{op} {}: gpu {g} cpu {c}: NaN/inf positions differ", at());
+            continue;
+        }
+        let b = bound(i);
+        let err = (f64::from(g) - f64::from(c)).abs();
+        if b == 0.0 {
+            prop_assert!(g.to_bits() == c.to_bits(), "{op} {}: gpu {g:e} cpu {c:e}: not bit-exact", at());
+        } else {
+            prop_assert!(err <= b, "{op} {}: gpu {g:e} cpu {c:e} (err {err:e} > bound {b:e})", at());
+        }
+        let rel = if c == 0.0 { err } else { err / f64::from(c).abs() };
+        if rel > w.rel {
+            w.rel = rel;
+            w.at = at();
+        }
+    }
+    Ok(())
+}
+
+fn run<S: Strategy>(op: &str, strategy: S, test: impl Fn(S::Value, &RefCell<Worst>) -> Result<(), TestCaseError>) {
+    let worst = RefCell::new(Worst::default());
+    let mut runner = TestRunner::new(Config::with_cases(CASES));
+    if let Err(e) = runner.run(&strategy, |v| test(v, &worst)) {
+        panic!("{op}: GPU and CPU differ: {e}");
+    }
+    worst.borrow().print(op);
+}
+
+fn eps_strategy() -> impl Strategy<Value = f32> {
+    prop_oneof![Just(1e-6f32), Just(1e-5f32)]
+}
+
+/// Where the GPU's f64 sums (another order than the CPU's) round `1/sqrt(mean + eps)` to the
+/// neighbouring f32, `x * r` and `w * (x * r)` move by at most 3 ulp relative in all; elsewhere
+/// the outputs are the CPU's bits. Subnormal outputs get their absolute spacing.
+fn rms_bound(want: f32) -> f64 {
+    4.0 * ULP * f64::from(want).abs() + f64::from(f32::MIN_POSITIVE)
 }
 
 #[test]
 fn rms_norm_matches_cpu() {
     let Some(dev) = device() else { return };
     let cpu = CpuBackend::new();
-    let strategy =
-        (1usize..40, width_strategy(), prop_oneof![Just(1e-6f32), Just(1e-5f32)]).prop_flat_map(|(rows, cols, eps)| {
-            let values = |n| proptest::collection::vec(-4.0f32..4.0, n);
-            (Just(rows), Just(cols), Just(eps), values(rows * cols), proptest::collection::vec(0.5f32..1.5, cols))
+    let strategy = (0usize..40, width_strategy(), 0usize..6, 0usize..6, eps_strategy(), any::<u64>());
+    run("rms_norm", strategy, |(rows, cols, left, right, eps, seed), worst| {
+        let mut rng = Rng(seed);
+        // A column window `left..left + cols` of wider rows, as MLA's norms read them.
+        let x_cols = left + cols + right;
+        let x = rng.values(rows * x_cols, -4.0, 4.0);
+        let w = rng.values(cols, 0.5, 1.5);
+        let (x_dev, w_dev) = (upload(dev, &x), upload(dev, &w));
+        let mut out_dev = zeros::<f32>(dev, rows * cols);
+        dev.rms_norm(&x_dev, rows, x_cols, left, &w_dev, cols, eps, &mut out_dev).expect("cuda rms_norm");
+        let got = download(dev, &out_dev, rows * cols);
+
+        let mut want = tensor(rows, cols, vec![0.0; rows * cols]);
+        cpu.rms_norm(&tensor(rows, x_cols, x), left, &tensor(1, cols, w), eps, &mut want).expect("cpu rms_norm");
+        let shape = format!("[{rows}x{x_cols}] cols {left}+{cols}");
+        compare("rms_norm", &shape, cols, &got, want.data(), |i| rms_bound(want.data()[i]), worst)
+    });
+}
+
+#[test]
+fn add_rms_norm_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let strategy = (0usize..40, width_strategy(), eps_strategy(), any::<u64>());
+    run("add_rms_norm", strategy, |(rows, cols, eps, seed), worst| {
+        let mut rng = Rng(seed);
+        let residual = rng.values(rows * cols, -4.0, 4.0);
+        let delta = rng.values(rows * cols, -2.0, 2.0);
+        let w = rng.values(cols, 0.5, 1.5);
+        let mut r_dev = upload(dev, &residual);
+        let (d_dev, w_dev) = (upload(dev, &delta), upload(dev, &w));
+        let mut out_dev = zeros::<f32>(dev, rows * cols);
+        dev.add_rms_norm(&mut r_dev, &d_dev, rows, cols, &w_dev, eps, &mut out_dev).expect("cuda add_rms_norm");
+        let (got_r, got) = (download(dev, &r_dev, rows * cols), download(dev, &out_dev, rows * cols));
+
+        let mut want_r = tensor(rows, cols, residual);
+        let mut want = tensor(rows, cols, vec![0.0; rows * cols]);
+        cpu.add_rms_norm(&mut want_r, &tensor(rows, cols, delta), &tensor(1, cols, w), eps, &mut want)
+            .expect("cpu add_rms_norm");
+        let shape = format!("[{rows}x{cols}]");
+        // The residual update is one f32 addition on both sides: bit-exact.
+        compare("add_rms_norm (residual)", &shape, cols, &got_r, want_r.data(), |_| 0.0, worst)?;
+        compare("add_rms_norm", &shape, cols, &got, want.data(), |i| rms_bound(want.data()[i]), worst)
+    });
+}
+
+#[test]
+fn layer_norm_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let strategy = (0usize..40, width_strategy(), eps_strategy(), any::<u64>());
+    run("layer_norm", strategy, |(rows, cols, eps, seed), worst| {
+        let mut rng = Rng(seed);
+        // An offset per row, so that the mean matters.
+        let mut x = rng.values(rows * cols, -4.0, 4.0);
+        for row in x.chunks_mut(cols) {
+            let shift = rng.range(-3.0, 3.0);
+            row.iter_mut().for_each(|v| *v += shift);
+        }
+        let w = rng.values(cols, 0.5, 1.5);
+        let b = rng.values(cols, -1.0, 1.0);
+        let mut x_dev = upload(dev, &x);
+        let (w_dev, b_dev) = (upload(dev, &w), upload(dev, &b));
+        dev.layer_norm(&mut x_dev, rows, cols, &w_dev, &b_dev, eps).expect("cuda layer_norm");
+        let got = download(dev, &x_dev, rows * cols);
+
+        let mut want = tensor(rows, cols, x);
+        cpu.layer_norm(&mut want, &tensor(1, cols, w), &tensor(1, cols, b.clone()), eps).expect("cpu layer_norm");
+        // Mean, variance and `(x - mean) * r` agree with the CPU's to about cols * 2^-53
+        // relative (f64 sums in another order): at most 2^-30 absolute here. Rounding that to
+        // f32 can land one ulp of z away, then `z * w + b` rounds twice: within 2^-21 of
+        // |out| + |b| in all.
+        let bound = |i: usize| {
+            let y = f64::from(want.data()[i]).abs();
+            4.0 * ULP * (y + f64::from(b[i % cols]).abs()) + 2f64.powi(-30) + f64::from(f32::MIN_POSITIVE)
+        };
+        compare("layer_norm", &format!("[{rows}x{cols}]"), cols, &got, want.data(), bound, worst)
+    });
+}
+
+/// Heads of `HeadCols`: random small ones, and DeepSeek's MLA query (128 heads of 192 columns,
+/// rotary dims 128..192) and indexer (64 heads of 128, rotary dims 0..64).
+fn heads_strategy() -> impl Strategy<Value = (HeadCols, usize)> {
+    let small =
+        (0usize..6, 0usize..5, 0usize..40, 0usize..5, 0usize..7).prop_map(|(n_heads, offset, half, gap, extra)| {
+            let dim = 2 * half;
+            let stride = offset + dim + gap;
+            (HeadCols { n_heads, stride, offset, dim }, n_heads * stride + extra)
         });
-    let mut runner = TestRunner::new(Config::with_cases(64));
-    runner
-        .run(&strategy, |(rows, cols, eps, x, w)| {
-            let got = dev.rms_norm(&x, &w, rows, cols, eps).expect("cuda rms_norm");
-            let xt = Tensor::<CpuBackend>::from_vec(rows, cols, x).expect("x");
-            let wt = Tensor::<CpuBackend>::from_vec(1, cols, w).expect("w");
-            let mut want = Tensor::<CpuBackend>::from_vec(rows, cols, vec![0.0; rows * cols]).expect("out");
-            cpu.rms_norm(&xt, 0, &wt, eps, &mut want).expect("cpu rms_norm");
-            // The GPU sums squares in f32 per thread (ceil(cols / 256) terms) before combining in
-            // f64, the CPU all in f64: the mean differs by at most terms * 2^-24 relative and the
-            // scale by half that; `w * (x * r)` then rounds each of its two products at most an
-            // ulp (2^-23) away. Every step is multiplicative, so the bound is relative per value.
-            let terms = cols.div_ceil(256) as f64;
-            let tol = (terms / 2.0 + 4.0) * 2f64.powi(-24);
-            for (i, (&g, &c)) in got.iter().zip(want.data()).enumerate() {
-                let err = (f64::from(g) - f64::from(c)).abs();
-                // Subnormal outputs lose relative precision: allow their absolute spacing.
-                let bound = tol * f64::from(c).abs() + f64::from(f32::MIN_POSITIVE);
-                prop_assert!(err <= bound, "[{rows}x{cols}] element {i}: gpu {g} cpu {c} (err {err:e} > {bound:e})");
-            }
-            Ok(())
-        })
-        .expect("rms_norm: GPU and CPU differ");
+    prop_oneof![
+        6 => small,
+        1 => Just((HeadCols { n_heads: 128, stride: 192, offset: 128, dim: 64 }, 128 * 192)),
+        1 => Just((HeadCols { n_heads: 64, stride: 128, offset: 0, dim: 64 }, 64 * 128)),
+    ]
+}
+
+#[test]
+fn rope_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let layout = prop_oneof![Just(RopeLayout::Interleaved), Just(RopeLayout::HalfSplit)];
+    let strategy = (0usize..12, heads_strategy(), layout, any::<u64>());
+    run("rope", strategy, |(rows, (heads, cols), layout, seed), worst| {
+        let mut rng = Rng(seed);
+        let x = rng.values(rows * cols, -4.0, 4.0);
+        let cos_sin: Vec<f32> = (0..rows * heads.dim)
+            .map(|i| {
+                // cos then sin of one angle per (row, pair), as the model's tables hold them.
+                let (r, k) = (i / heads.dim.max(1), i % heads.dim.max(1));
+                let angle = (r * 31 + k % (heads.dim / 2).max(1)) as f32 * 0.37;
+                if k < heads.dim / 2 {
+                    angle.cos()
+                } else {
+                    angle.sin()
+                }
+            })
+            .collect();
+        let mut x_dev = upload(dev, &x);
+        let cs_dev = upload(dev, &cos_sin);
+        dev.rope(&mut x_dev, rows, cols, heads, &cs_dev, layout).expect("cuda rope");
+        let got = download(dev, &x_dev, rows * cols);
+
+        let mut want = tensor(rows, cols, x);
+        cpu.rope(&mut want, heads, &tensor(rows, heads.dim, cos_sin), layout).expect("cpu rope");
+        let shape = format!("[{rows}x{cols}] {heads:?} {layout:?}");
+        compare("rope", &shape, cols, &got, want.data(), |_| 0.0, worst)
+    });
+}
+
+/// Lengths for the elementwise ops: empty, tiny, a few blocks, and past the launcher's block
+/// cap (4096 blocks of 256), where the grid-stride loop takes over.
+fn len_strategy() -> impl Strategy<Value = usize> {
+    prop_oneof![1 => 0usize..8, 4 => 8usize..5000, 1 => Just(7168usize), 1 => (4096 * 256 - 3usize)..(4096 * 256 + 7000)]
+}
+
+#[test]
+fn silu_mul_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    run("silu_mul", (len_strategy(), any::<u64>()), |(n, seed), worst| {
+        let mut rng = Rng(seed);
+        let gate = rng.with_specials(n, -30.0, 30.0, 1e-3);
+        let up = rng.with_specials(n, -4.0, 4.0, 1e-3);
+        let mut g_dev = upload(dev, &gate);
+        let u_dev = upload(dev, &up);
+        dev.silu_mul(&mut g_dev, &u_dev, n).expect("cuda silu_mul");
+        let got = download(dev, &g_dev, n);
+
+        let mut want = tensor(1, n, gate);
+        cpu.silu_mul(&mut want, &tensor(1, n, up)).expect("cpu silu_mul");
+        // exp is rounded from f64 on the GPU, by glibc's expf on the CPU: the same f32 except
+        // where one of them is off by an ulp; that ulp, then `1 + e`, the division and the
+        // product each rounding to neighbouring values, keep the results within 4 ulp.
+        let bound = |i: usize| 4.0 * ULP * f64::from(want.data()[i]).abs() + f64::from(f32::MIN_POSITIVE);
+        compare("silu_mul", &format!("[{n}]"), n, &got, want.data(), bound, worst)
+    });
+}
+
+#[test]
+fn add_assign_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    run("add_assign", (len_strategy(), any::<u64>()), |(n, seed), worst| {
+        let mut rng = Rng(seed);
+        let acc = rng.with_specials(n, -4.0, 4.0, 1e-3);
+        let x = rng.with_specials(n, -4.0, 4.0, 1e-3);
+        let mut a_dev = upload(dev, &acc);
+        let x_dev = upload(dev, &x);
+        dev.add_assign(&mut a_dev, &x_dev, n).expect("cuda add_assign");
+        let got = download(dev, &a_dev, n);
+
+        let mut want = tensor(1, n, acc);
+        cpu.add_assign(&mut want, &tensor(1, n, x)).expect("cpu add_assign");
+        compare("add_assign", &format!("[{n}]"), n, &got, want.data(), |_| 0.0, worst)
+    });
+}
+
+#[test]
+fn fp8_round_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    // Segments of whole groups, with a partial last group, narrower than one group, and the
+    // model's widths; rows hold one to three segments.
+    let segment = prop_oneof![Just(128usize), Just(512), Just(7168), Just(1536), 1usize..128, 129usize..700];
+    let strategy = (0usize..24, segment, 1usize..4, fmt_strategy(), any::<u64>());
+    run("fp8_round", strategy, |(rows, segment, per_row, fmt, seed), worst| {
+        let mut rng = Rng(seed);
+        let cols = segment * per_row;
+        let mut x = rng.magnitudes(rows, cols);
+        // A few NaN, infinities and zeros: NaN is skipped by amax, an infinity makes its whole
+        // group NaN on both sides.
+        for _ in 0..(rows * cols) / 2000 {
+            let i = rng.below(rows * cols);
+            x[i] = [f32::NAN, f32::INFINITY, -0.0, 0.0][rng.below(4)];
+        }
+        let mut x_dev = upload(dev, &x);
+        dev.fp8_round(&mut x_dev, rows, cols, segment, fmt).expect("cuda fp8_round");
+        let got = download(dev, &x_dev, rows * cols);
+
+        let mut want = tensor(rows, cols, x);
+        cpu.fp8_round(&mut want, segment, fmt).expect("cpu fp8_round");
+        let shape = format!("[{rows}x{cols}] segment {segment} {fmt:?}");
+        compare("fp8_round", &shape, cols, &got, want.data(), |_| 0.0, worst)
+    });
+}
+
+/// Every midpoint between neighbouring e4m3 values must round to the one with the even code
+/// (ties to even), and values past 448 after scaling must saturate: one group with a power-of-two
+/// scale of 1 (ue8m0 of amax 256) holds the midpoints, other groups have exact scales whose
+/// quotient lands a hair above 448.
+#[test]
+fn fp8_round_ties_to_even_and_saturates_like_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let positive: Vec<f32> = (0u8..=0x78).map(|c| E4M3_TO_F32[c as usize]).collect();
+    let mut mids: Vec<f32> = positive.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+    mids.extend(mids.clone().iter().map(|v| -v));
+    // Rows of 128: the first value (256) sets the group's amax, and so its scale, to 1.
+    let rows = mids.len().div_ceil(127);
+    let mut x = Vec::new();
+    for chunk in mids.chunks(127) {
+        x.push(256.0);
+        x.extend_from_slice(chunk);
+        x.resize(x.len().next_multiple_of(128), 0.0);
+    }
+    let mut x_dev = upload(dev, &x);
+    dev.fp8_round(&mut x_dev, rows, 128, 128, ScaleFmt::Ue8m0).expect("cuda fp8_round");
+    let got = download(dev, &x_dev, x.len());
+    let mut want = tensor(rows, 128, x.clone());
+    cpu.fp8_round(&mut want, 128, ScaleFmt::Ue8m0).expect("cpu fp8_round");
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    for (&m, &g) in x.iter().zip(&got) {
+        if let Some(k) = positive.windows(2).position(|w| (w[0] + w[1]) / 2.0 == m.abs()) {
+            // Codes k and k + 1 are neighbours; the even one wins.
+            let even = positive[k + (k % 2)];
+            assert_eq!(g, even.copysign(m), "midpoint {m}");
+        }
+    }
+
+    // amax * (1/448) rounds down for some amax, and amax / scale then exceeds 448: clamped.
+    let amaxes: Vec<f32> = (1..=128).map(|k| 448.0 + k as f32 * 0.37).collect();
+    let mut sat = Vec::new();
+    for &a in &amaxes {
+        sat.extend_from_slice(&[a, -a]);
+        sat.resize(sat.len() + 126, 1.0);
+    }
+    let mut s_dev = upload(dev, &sat);
+    dev.fp8_round(&mut s_dev, amaxes.len(), 128, 128, ScaleFmt::Exact).expect("cuda fp8_round");
+    let got = download(dev, &s_dev, sat.len());
+    let mut want = tensor(amaxes.len(), 128, sat);
+    cpu.fp8_round(&mut want, 128, ScaleFmt::Exact).expect("cpu fp8_round");
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn hadamard_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let strategy = (0usize..16, 0u32..14, 1usize..4, any::<u64>());
+    run("hadamard", strategy, |(rows, log_dim, per_row, seed), worst| {
+        let mut rng = Rng(seed);
+        let dim = 1usize << log_dim;
+        let cols = dim * per_row;
+        let x = rng.with_specials(rows * cols, -4.0, 4.0, 1e-5);
+        let mut x_dev = upload(dev, &x);
+        dev.hadamard(&mut x_dev, rows, cols, dim).expect("cuda hadamard");
+        let got = download(dev, &x_dev, rows * cols);
+
+        let mut want = tensor(rows, cols, x);
+        cpu.hadamard(&mut want, dim).expect("cpu hadamard");
+        compare("hadamard", &format!("[{rows}x{cols}] dim {dim}"), cols, &got, want.data(), |_| 0.0, worst)
+    });
+}
+
+/// An f32 `[vocab, cols]` table on the CPU backend, as the model loads one.
+fn cpu_table(cpu: &CpuBackend, vocab: usize, cols: usize, data: &[f32]) -> <CpuBackend as Backend>::Linear {
+    let weight = HostTensor::from_f32("embed", vec![vocab, cols], data);
+    cpu.load_linear(&HostLinear { weight, scale_inv: None }).expect("cpu table")
+}
+
+#[test]
+fn embedding_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let strategy = (1usize..300, width_strategy(), 0usize..40, any::<u64>());
+    run("embedding", strategy, |(vocab, cols, n, seed), worst| {
+        let mut rng = Rng(seed);
+        let table = rng.with_specials(vocab * cols, -1.0, 1.0, 1e-3);
+        // Repeats, and the first and last rows.
+        let mut ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+        if n > 1 {
+            ids[0] = 0;
+            ids[n - 1] = vocab as u32 - 1;
+        }
+        let t_dev = upload(dev, &table);
+        let mut out_dev = zeros::<f32>(dev, n * cols);
+        dev.embedding(&t_dev, vocab, cols, &ids, &mut out_dev).expect("cuda embedding");
+        let got = download(dev, &out_dev, n * cols);
+
+        let mut want = tensor(n, cols, vec![0.0; n * cols]);
+        cpu.embedding(&cpu_table(&cpu, vocab, cols, &table), &ids, &mut want).expect("cpu embedding");
+        compare("embedding", &format!("{n} ids of [{vocab}x{cols}]"), cols, &got, want.data(), |_| 0.0, worst)
+    });
+}
+
+#[test]
+fn argmax_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let strategy = (0usize..40, width_strategy(), any::<u64>());
+    run("argmax", strategy, |(rows, cols, seed), worst| {
+        let mut rng = Rng(seed);
+        // Few distinct values, so ties are common (-0 ties +0); some rows start with a NaN or
+        // hold an infinity.
+        let pool = [-2.0f32, -1.0, -0.0, 0.0, 1.0, 2.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                let v = if rng.below(4) == 0 { pool[rng.below(pool.len())] } else { rng.range(-2.0, 2.0) };
+                if rng.below(3) == 0 {
+                    v.round()
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let x_dev = upload(dev, &x);
+        let mut out_dev = zeros::<u32>(dev, rows);
+        dev.argmax(&x_dev, rows, cols, &mut out_dev).expect("cuda argmax");
+        let got = download(dev, &out_dev, rows);
+
+        let want = cpu.argmax(&tensor(rows, cols, x.clone())).expect("cpu argmax");
+        worst.borrow_mut().cases += 1;
+        for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+            let row = &x[r * cols..(r + 1) * cols];
+            prop_assert_eq!(
+                g,
+                w,
+                "argmax [{}x{}] row {}: gpu {} ({}) cpu {} ({})",
+                rows,
+                cols,
+                r,
+                g,
+                row[*g as usize],
+                w,
+                row[*w as usize]
+            );
+        }
+        prop_assert_eq!(got.len(), want.len());
+        Ok(())
+    });
+}
+
+// ---- bad shapes: every launcher rejects what does not fit its buffers, and never panics ----
+
+fn buf(dev: &CudaDevice, n: usize) -> CudaSlice<f32> {
+    zeros(dev, n)
 }
 
 #[test]
 fn rms_norm_rejects_bad_shapes() {
     let Some(dev) = device() else { return };
-    assert!(dev.rms_norm(&[1.0; 6], &[1.0; 3], 3, 3, 1e-6).is_err(), "x too short");
-    assert!(dev.rms_norm(&[1.0; 6], &[1.0; 2], 2, 3, 1e-6).is_err(), "weight too short");
-    assert!(dev.rms_norm(&[], &[], 0, 0, 1e-6).is_err(), "no columns");
-    assert_eq!(dev.rms_norm(&[], &[1.0; 3], 0, 3, 1e-6).expect("no rows"), Vec::<f32>::new());
+    let (x, w, mut out) = (buf(dev, 6), buf(dev, 3), buf(dev, 6));
+    assert!(dev.rms_norm(&x, 3, 3, 0, &w, 3, 1e-6, &mut out).is_err(), "x too short");
+    assert!(dev.rms_norm(&x, 2, 3, 0, &buf(dev, 2), 3, 1e-6, &mut out).is_err(), "weight too short");
+    assert!(dev.rms_norm(&x, 2, 3, 0, &w, 3, 1e-6, &mut buf(dev, 5)).is_err(), "out too short");
+    assert!(dev.rms_norm(&x, 2, 3, 1, &w, 3, 1e-6, &mut out).is_err(), "window past the row");
+    assert!(dev.rms_norm(&x, 2, 3, usize::MAX, &w, 3, 1e-6, &mut out).is_err(), "window overflows");
+    assert!(dev.rms_norm(&x, 2, 3, 0, &w, 0, 1e-6, &mut out).is_err(), "no columns");
+    assert!(dev.rms_norm(&x, usize::MAX, 3, 0, &w, 3, 1e-6, &mut out).is_err(), "rows overflow");
+    dev.rms_norm(&x, 0, 3, 0, &w, 3, 1e-6, &mut out).expect("no rows");
+    dev.rms_norm(&x, 2, 3, 1, &w, 2, 1e-6, &mut out).expect("a window");
+}
+
+#[test]
+fn add_rms_norm_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let (mut r, d, w, mut out) = (buf(dev, 6), buf(dev, 6), buf(dev, 3), buf(dev, 6));
+    assert!(dev.add_rms_norm(&mut buf(dev, 5), &d, 2, 3, &w, 1e-6, &mut out).is_err(), "residual too short");
+    assert!(dev.add_rms_norm(&mut r, &buf(dev, 5), 2, 3, &w, 1e-6, &mut out).is_err(), "delta too short");
+    assert!(dev.add_rms_norm(&mut r, &d, 2, 3, &buf(dev, 2), 1e-6, &mut out).is_err(), "weight too short");
+    assert!(dev.add_rms_norm(&mut r, &d, 2, 3, &w, 1e-6, &mut buf(dev, 5)).is_err(), "out too short");
+    assert!(dev.add_rms_norm(&mut r, &d, 2, 0, &w, 1e-6, &mut out).is_err(), "no columns");
+    dev.add_rms_norm(&mut r, &d, 0, 3, &w, 1e-6, &mut out).expect("no rows");
+}
+
+#[test]
+fn layer_norm_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let (mut x, w, b) = (buf(dev, 6), buf(dev, 3), buf(dev, 3));
+    assert!(dev.layer_norm(&mut buf(dev, 5), 2, 3, &w, &b, 1e-6).is_err(), "x too short");
+    assert!(dev.layer_norm(&mut x, 2, 3, &buf(dev, 2), &b, 1e-6).is_err(), "weight too short");
+    assert!(dev.layer_norm(&mut x, 2, 3, &w, &buf(dev, 2), 1e-6).is_err(), "bias too short");
+    assert!(dev.layer_norm(&mut x, 2, 0, &w, &b, 1e-6).is_err(), "no columns");
+    dev.layer_norm(&mut x, 0, 3, &w, &b, 1e-6).expect("no rows");
+}
+
+#[test]
+fn rope_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let heads = HeadCols { n_heads: 2, stride: 4, offset: 1, dim: 2 };
+    let (mut x, cs) = (buf(dev, 16), buf(dev, 4));
+    let il = RopeLayout::Interleaved;
+    assert!(dev.rope(&mut buf(dev, 15), 2, 8, heads, &cs, il).is_err(), "x too short");
+    assert!(dev.rope(&mut x, 2, 8, heads, &buf(dev, 3), il).is_err(), "cos_sin too short");
+    assert!(dev.rope(&mut x, 2, 8, HeadCols { dim: 3, ..heads }, &cs, il).is_err(), "odd rotary dims");
+    assert!(dev.rope(&mut x, 2, 8, HeadCols { offset: 3, ..heads }, &cs, il).is_err(), "rotary dims past the head");
+    assert!(dev.rope(&mut x, 2, 8, HeadCols { n_heads: 3, ..heads }, &cs, il).is_err(), "heads past the row");
+    assert!(dev.rope(&mut x, 2, 8, HeadCols { n_heads: usize::MAX, ..heads }, &cs, il).is_err(), "heads overflow");
+    dev.rope(&mut x, 2, 8, HeadCols { n_heads: 0, ..heads }, &cs, RopeLayout::HalfSplit).expect("no heads");
+    dev.rope(&mut x, 0, 8, heads, &cs, il).expect("no rows");
+}
+
+#[test]
+fn elementwise_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let (mut a, x) = (buf(dev, 8), buf(dev, 8));
+    assert!(dev.silu_mul(&mut buf(dev, 7), &x, 8).is_err(), "silu_mul: gate too short");
+    assert!(dev.silu_mul(&mut a, &buf(dev, 7), 8).is_err(), "silu_mul: up too short");
+    assert!(dev.add_assign(&mut buf(dev, 7), &x, 8).is_err(), "add_assign: acc too short");
+    assert!(dev.add_assign(&mut a, &buf(dev, 7), 8).is_err(), "add_assign: x too short");
+    dev.silu_mul(&mut a, &x, 0).expect("silu_mul: nothing");
+    dev.add_assign(&mut a, &x, 0).expect("add_assign: nothing");
+}
+
+#[test]
+fn fp8_round_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let mut x = buf(dev, 512);
+    assert!(dev.fp8_round(&mut x, 2, 257, 257, ScaleFmt::Exact).is_err(), "x too short");
+    assert!(dev.fp8_round(&mut x, 2, 256, 0, ScaleFmt::Exact).is_err(), "empty segments");
+    assert!(dev.fp8_round(&mut x, 2, 256, 100, ScaleFmt::Ue8m0).is_err(), "segments do not tile the row");
+    assert!(dev.fp8_round(&mut x, usize::MAX, 256, 128, ScaleFmt::Exact).is_err(), "rows overflow");
+    dev.fp8_round(&mut x, 0, 256, 128, ScaleFmt::Exact).expect("no rows");
+}
+
+#[test]
+fn hadamard_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let mut x = buf(dev, 512);
+    assert!(dev.hadamard(&mut x, 3, 256, 128).is_err(), "x too short");
+    assert!(dev.hadamard(&mut x, 2, 256, 0).is_err(), "empty segments");
+    assert!(dev.hadamard(&mut x, 2, 240, 48).is_err(), "not a power of two");
+    assert!(dev.hadamard(&mut x, 2, 256, 512).is_err(), "segments do not tile the row");
+    dev.hadamard(&mut x, 0, 256, 128).expect("no rows");
+}
+
+#[test]
+fn embedding_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let (table, mut out) = (buf(dev, 12), buf(dev, 6));
+    assert!(dev.embedding(&table, 4, 3, &[1, 4], &mut out).is_err(), "id past the vocabulary");
+    assert!(dev.embedding(&table, 5, 3, &[1, 2], &mut out).is_err(), "table too short");
+    assert!(dev.embedding(&table, 4, 3, &[1, 2, 3], &mut out).is_err(), "out too short");
+    dev.embedding(&table, 4, 3, &[], &mut out).expect("no ids");
+}
+
+#[test]
+fn argmax_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let x = buf(dev, 6);
+    let mut out = zeros::<u32>(dev, 2);
+    assert!(dev.argmax(&x, 3, 3, &mut out).is_err(), "logits too short");
+    assert!(dev.argmax(&x, 2, 3, &mut zeros::<u32>(dev, 1)).is_err(), "out too short");
+    assert!(dev.argmax(&x, 2, 0, &mut out).is_err(), "no columns");
+    dev.argmax(&x, 0, 3, &mut out).expect("no rows");
 }

@@ -3,18 +3,104 @@
 // layout the device reads: keep it C (no templates, no CUDA types), pointers are device pointers.
 #pragma once
 
-// Threads per block of the RMSNorm kernel (one block per row); the host launches with it.
-#define FLASHSEEK_RMS_NORM_THREADS 256
+// Threads per block of the norm kernels (one block per row); the host launches with it.
+#define FLASHSEEK_NORM_THREADS 256
 
-// out[r, c] = weight[c] * (x[r, c] * rsqrt(mean_c(x[r, :]^2) + eps)) over `rows` rows of `cols`.
-typedef struct RmsNormParams {
-    // Row r starts at x + r * x_stride: x may be a column window of wider rows.
-    const float* x;
+// The norm family (csrc/sm90/norm/norm.cu), over `rows` rows of `cols` values:
+// - rms_norm:     out[r, c] = weight[c] * (x[r, c] * rsqrt(mean_c(x[r, :]^2) + eps))
+// - add_rms_norm: x[r, :] += delta[r, :] in place, then out = rms_norm(x)
+// - layer_norm:   x[r, c] = ((x[r, c] - mean) * rsqrt(var + eps)) * weight[c] + bias[c], in place
+typedef struct NormParams {
+    // Row r starts at x + r * x_stride: for rms_norm x may be a column window of wider rows
+    // (it is only read then); add_rms_norm and layer_norm write it and pass x_stride = cols.
+    float* x;
+    // add_rms_norm only: rows of `cols` values, packed.
+    const float* delta;
     const float* weight;
-    // Rows of `cols` values, packed.
+    // layer_norm only.
+    const float* bias;
+    // rms_norm and add_rms_norm: rows of `cols` values, packed.
     float* out;
     unsigned int rows;
     unsigned int cols;
     unsigned int x_stride;
     float eps;
-} RmsNormParams;
+} NormParams;
+
+// Threads per block of the rope kernels (one block per row).
+#define FLASHSEEK_ROPE_THREADS 128
+
+// Rotary embedding in place (csrc/sm90/rope/rope.cu): in each `cols`-wide row of x, heads
+// h < n_heads have `dim` rotary columns at h * head_stride + offset, rotated by the angles of
+// row r of cos_sin (dim/2 cosines, then dim/2 sines).
+typedef struct RopeParams {
+    float* x;
+    const float* cos_sin;
+    unsigned int rows;
+    unsigned int cols;
+    unsigned int n_heads;
+    unsigned int head_stride;
+    unsigned int offset;
+    unsigned int dim;
+} RopeParams;
+
+// Threads per block of the elementwise kernels.
+#define FLASHSEEK_ELEMENTWISE_THREADS 256
+
+// Elementwise ops over n values (csrc/sm90/elementwise/elementwise.cu):
+// - silu_mul:   acc = silu(acc) * x
+// - add_assign: acc += x
+typedef struct ElementwiseParams {
+    float* acc;
+    const float* x;
+    unsigned long long n;
+} ElementwiseParams;
+
+// Values per FP8 scale group: one warp rounds one group, 4 values a lane.
+#define FLASHSEEK_FP8_GROUP 128
+// Threads per block of the fp8_round kernel (a warp per group).
+#define FLASHSEEK_FP8_ROUND_THREADS 128
+// Threads per block of the hadamard kernel (one block per segment).
+#define FLASHSEEK_HADAMARD_THREADS 256
+
+// The quantization family, in place over `segments` consecutive segments of `width` values
+// (csrc/sm90/quant/quant.cu):
+// - fp8_round: each segment cut into groups of FLASHSEEK_FP8_GROUP from its left (the last may be
+//   partial), each rounded through e4m3 with a scale amax/448 (a power of two if ue8m0 != 0);
+//   `groups` is the total number of groups, segments * ceil(width / FLASHSEEK_FP8_GROUP).
+// - hadamard: each segment (width a power of two) through the Walsh-Hadamard transform, then
+//   multiplied by `scale` (1/sqrt(width), computed by the host as the CPU backend does).
+typedef struct QuantParams {
+    float* x;
+    unsigned int segments;
+    unsigned int width;
+    unsigned int groups;
+    unsigned int ue8m0;
+    float scale;
+} QuantParams;
+
+// Threads per block of the embedding kernel (one block per id).
+#define FLASHSEEK_EMBEDDING_THREADS 256
+
+// out[i, :] = table[ids[i], :] over n_ids ids, rows of `cols` values (embedding.cu). Ids at or
+// past `vocab` are skipped on the device: the host rejects them before launching.
+typedef struct EmbeddingParams {
+    const float* table;
+    const unsigned int* ids;
+    float* out;
+    unsigned int n_ids;
+    unsigned int cols;
+    unsigned int vocab;
+} EmbeddingParams;
+
+// Threads per block of the argmax kernel (one block per row).
+#define FLASHSEEK_ARGMAX_THREADS 256
+
+// out[r] = the index of the largest value of row r of x (rows of `cols` values), as the CPU
+// backend scans: the first on ties, NaNs never chosen unless the row starts with one (then 0).
+typedef struct ArgmaxParams {
+    const float* x;
+    unsigned int* out;
+    unsigned int rows;
+    unsigned int cols;
+} ArgmaxParams;

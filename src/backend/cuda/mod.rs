@@ -1,11 +1,25 @@
-//! The CUDA backend's seed: a device with the kernels of `csrc/` loaded from the fatbin that
-//! build.rs compiled for sm_90a and embedded here. Each kernel gets a safe method that checks its
-//! inputs, and tests compare it with the CPU backend; `CudaBackend` grows from this.
+//! The CUDA backend's kernels: a device with every kernel of `csrc/` loaded from the fatbin that
+//! build.rs compiled for sm_90a and embedded here, and one module per kernel family of safe
+//! launchers over device buffers. A launcher checks its shapes against the buffers (an error,
+//! never a panic) and queues the kernel on the device's stream: a fault inside a kernel shows at
+//! the next call that waits for the stream ([`CudaDevice::download`], [`CudaDevice::synchronize`]).
+//! Tests compare each launcher with the CPU backend; `CudaBackend` grows from this.
+//!
+//! Buffers may be longer than a launch needs (a backend reuses storage across shapes): only the
+//! first `rows * cols` values are read or written.
+
+mod argmax;
+mod elementwise;
+mod embedding;
+mod norm;
+mod quant;
+mod rope;
 
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    SyncOnDrop, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -17,11 +31,15 @@ mod params {
     include!(concat!(env!("OUT_DIR"), "/params.rs"));
 }
 
-use params::{RmsNormParams, FLASHSEEK_RMS_NORM_THREADS};
-
-// SAFETY: `RmsNormParams` is `#[repr(C)]` with the layout of the C struct (bindgen checks it at
-// compile time), holds only plain values and device pointers, and kernels take it by value.
-unsafe impl DeviceRepr for RmsNormParams {}
+// SAFETY (all six): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
+// checks it at compile time), holds only plain values and device pointers, and kernels take it by
+// value.
+unsafe impl DeviceRepr for params::NormParams {}
+unsafe impl DeviceRepr for params::RopeParams {}
+unsafe impl DeviceRepr for params::ElementwiseParams {}
+unsafe impl DeviceRepr for params::QuantParams {}
+unsafe impl DeviceRepr for params::EmbeddingParams {}
+unsafe impl DeviceRepr for params::ArgmaxParams {}
 
 /// Every kernel of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashseek.fatbin"));
@@ -30,10 +48,25 @@ fn driver(what: &str, e: cudarc::driver::DriverError) -> Error {
     Error::Input(format!("CUDA {what}: {e}"))
 }
 
+/// The kernels, by the names `csrc/` gives them.
+struct Kernels {
+    rms_norm: CudaFunction,
+    add_rms_norm: CudaFunction,
+    layer_norm: CudaFunction,
+    rope_interleaved: CudaFunction,
+    rope_half_split: CudaFunction,
+    silu_mul: CudaFunction,
+    add_assign: CudaFunction,
+    fp8_round: CudaFunction,
+    hadamard: CudaFunction,
+    embedding: CudaFunction,
+    argmax: CudaFunction,
+}
+
 /// One GPU with the kernels loaded; work runs in order on its default stream.
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
-    rms_norm: CudaFunction,
+    kernels: Kernels,
 }
 
 impl CudaDevice {
@@ -50,58 +83,118 @@ impl CudaDevice {
         let module = ctx
             .load_module(Ptx::from_binary(FATBIN.to_vec()))
             .map_err(|e| driver("loading the kernels (sm_90a)", e))?;
-        let rms_norm = module.load_function("flashseek_rms_norm_f32").map_err(|e| driver("kernel rms_norm", e))?;
-        Ok(Self { stream: ctx.default_stream(), rms_norm })
+        let load = |name: &str| {
+            module.load_function(&format!("flashseek_{name}_f32")).map_err(|e| driver(&format!("kernel {name}"), e))
+        };
+        let kernels = Kernels {
+            rms_norm: load("rms_norm")?,
+            add_rms_norm: load("add_rms_norm")?,
+            layer_norm: load("layer_norm")?,
+            rope_interleaved: load("rope_interleaved")?,
+            rope_half_split: load("rope_half_split")?,
+            silu_mul: load("silu_mul")?,
+            add_assign: load("add_assign")?,
+            fp8_round: load("fp8_round")?,
+            hadamard: load("hadamard")?,
+            embedding: load("embedding")?,
+            argmax: load("argmax")?,
+        };
+        Ok(Self { stream: ctx.default_stream(), kernels })
     }
 
-    /// RMSNorm of `rows` rows of `cols` values (`x`, row-major) with the scales `weight`; the
-    /// CPU backend's `rms_norm` with the same numerics (see `csrc/sm90/norm/rms_norm.cu`).
-    pub fn rms_norm(&self, x: &[f32], weight: &[f32], rows: usize, cols: usize, eps: f32) -> Result<Vec<f32>> {
-        let len = rows.checked_mul(cols);
-        ensure_shape(cols > 0 && weight.len() == cols && len == Some(x.len()), "rms_norm", || {
-            format!("x {} values for {rows} rows of {cols}, weight {}", x.len(), weight.len())
-        })?;
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        // The grid's x dimension holds at most 2^31 - 1 blocks; the kernel indexes in u32.
-        let too_big = || Error::Input(format!("rms_norm: {rows} rows of {cols} exceed the kernel's limits"));
-        let grid = u32::try_from(rows).ok().filter(|&r| r <= i32::MAX as u32).ok_or_else(too_big)?;
-        let cols_u32 = u32::try_from(cols).map_err(|_| too_big())?;
+    /// Copies `data` into a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        self.stream.clone_htod(data).map_err(|e| driver("upload", e))
+    }
 
-        let s = &self.stream;
-        let x_dev = s.clone_htod(x).map_err(|e| driver("upload", e))?;
-        let w_dev = s.clone_htod(weight).map_err(|e| driver("upload", e))?;
-        let mut out_dev = s.alloc_zeros::<f32>(x.len()).map_err(|e| driver("alloc", e))?;
-        {
-            // The guards keep cudarc's stream bookkeeping of these buffers until the launch.
-            let (x_ptr, _x_guard) = x_dev.device_ptr(s);
-            let (w_ptr, _w_guard) = w_dev.device_ptr(s);
-            let (out_ptr, _out_guard) = out_dev.device_ptr_mut(s);
-            let p = RmsNormParams {
-                x: x_ptr as *const f32,
-                weight: w_ptr as *const f32,
-                out: out_ptr as *mut f32,
-                rows: grid,
-                cols: cols_u32,
-                x_stride: cols_u32,
-                eps,
-            };
-            let cfg = LaunchConfig {
-                grid_dim: (grid, 1, 1),
-                block_dim: (FLASHSEEK_RMS_NORM_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = s.launch_builder(&self.rms_norm);
-            launch.arg(&p);
-            // SAFETY: the kernel reads `rows * x_stride` values of `x` and `cols` of `weight` and
-            // writes `rows * cols` of `out`, all inside the buffers checked and allocated above,
-            // which live until the download below on the same stream.
-            unsafe { launch.launch(cfg) }.map_err(|e| driver("launching rms_norm", e))?;
-        }
-        let out = s.clone_dtoh(&out_dev).map_err(|e| driver("download", e))?;
-        // Reports a fault of the kernel here rather than at some later call.
-        s.synchronize().map_err(|e| driver("running rms_norm", e))?;
+    /// A new device buffer of `len` zeros.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros(len).map_err(|e| driver("alloc", e))
+    }
+
+    /// The values of `buf`, once every kernel queued before has run.
+    pub fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.check_device(buf, "download")?;
+        let out = self.stream.clone_dtoh(buf).map_err(|e| driver("download", e))?;
+        self.synchronize()?;
         Ok(out)
     }
+
+    /// Waits for every queued kernel; reports a kernel's fault here rather than at a later call.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver("running a kernel", e))
+    }
+
+    /// A buffer of another device (or context) is not addressable by this one's kernels.
+    fn check_device<T>(&self, buf: &CudaSlice<T>, op: &'static str) -> Result<()> {
+        ensure_shape(**buf.context() == **self.stream.context(), op, || {
+            format!("a buffer of device {} passed to device {}", buf.ordinal(), self.stream.context().ordinal())
+        })
+    }
+
+    /// The device address of `buf` after checking that it is this device's and holds at least
+    /// `needed` values; the guard keeps cudarc's stream bookkeeping of the buffer until dropped.
+    fn input<'a, T>(
+        &'a self,
+        buf: &'a CudaSlice<T>,
+        needed: usize,
+        op: &'static str,
+        what: &str,
+    ) -> Result<(u64, SyncOnDrop<'a>)> {
+        self.check_device(buf, op)?;
+        ensure_shape(buf.len() >= needed, op, || format!("{what} holds {} values, needs {needed}", buf.len()))?;
+        Ok(buf.device_ptr(&self.stream))
+    }
+
+    /// [`CudaDevice::input`] for a buffer the kernel writes.
+    fn output<'a, T>(
+        &'a self,
+        buf: &'a mut CudaSlice<T>,
+        needed: usize,
+        op: &'static str,
+        what: &str,
+    ) -> Result<(u64, SyncOnDrop<'a>)> {
+        self.check_device(buf, op)?;
+        ensure_shape(buf.len() >= needed, op, || format!("{what} holds {} values, needs {needed}", buf.len()))?;
+        Ok(buf.device_ptr_mut(&self.stream))
+    }
+
+    /// Queues `kernel` on `blocks` blocks of `threads` threads with `params` as its argument.
+    ///
+    /// # Safety
+    /// `params` must be the struct `kernel` takes, and every pointer in it must address, on this
+    /// device, as many values as the kernel reaches through it for these params (the launchers
+    /// check this against the buffers' lengths), with the buffers' guards alive until this returns.
+    unsafe fn launch<P: DeviceRepr>(
+        &self,
+        kernel: &CudaFunction,
+        op: &'static str,
+        blocks: u32,
+        threads: u32,
+        params: &P,
+    ) -> Result<()> {
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = self.stream.launch_builder(kernel);
+        launch.arg(params);
+        // SAFETY: the caller guarantees the argument and the memory it addresses.
+        unsafe { launch.launch(cfg) }.map_err(|e| driver(&format!("launching {op}"), e)).map(|_| ())
+    }
+}
+
+/// `n` as a kernel's u32 count or index bound.
+fn to_u32(n: usize, op: &'static str, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::shape(op, format!("{what} {n} exceeds the kernel's u32 indexing")))
+}
+
+/// `n` blocks as a grid's x dimension, which holds at most 2^31 - 1.
+fn grid(n: usize, op: &'static str) -> Result<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| Error::shape(op, format!("{n} blocks exceed the grid's limit of 2^31 - 1")))
+}
+
+/// `a * b`, an error where it overflows.
+fn product(a: usize, b: usize, op: &'static str) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| Error::shape(op, format!("{a} x {b} values overflow")))
 }
