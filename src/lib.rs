@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bundled;
 pub mod engine;
 pub mod error;
 pub mod fp8;

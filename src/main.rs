@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use flashseek::backend::{Backend, CpuBackend};
-use flashseek::bench;
 use flashseek::engine::{self, EngineConfig, FinishReason, Request, SamplingParams};
 use flashseek::kv_cache::BLOCK_SIZE;
 use flashseek::metrics::Metrics;
@@ -17,9 +16,10 @@ use flashseek::model::config::ModelConfig;
 use flashseek::model::{ActQuant, Logits, Model, SeqInput};
 use flashseek::server::{
     self,
-    launch::{ActQuantArg, ServeArgs},
+    launch::{self, ActQuantArg, ServeArgs},
 };
 use flashseek::tokenizer::{ChatFormat, ChatMessage, ChatOptions, Role, Tokenizer};
+use flashseek::{bench, bundled};
 use safetensors::tensor::{Dtype, TensorView};
 
 #[derive(Parser)]
@@ -38,9 +38,10 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// A model directory in the Hugging Face layout (config.json + safetensors).
+    /// A model directory in the Hugging Face layout (config.json + safetensors); default: the
+    /// bundled arithmetic model, models/flashseek-v32-arith.
     #[arg(long)]
-    model_path: PathBuf,
+    model_path: Option<PathBuf>,
     /// Token ids, comma-separated.
     #[arg(long, value_delimiter = ',', required_unless_present = "prompt", conflicts_with = "prompt")]
     token_ids: Vec<u32>,
@@ -98,7 +99,7 @@ enum BenchCommand {
 }
 
 fn load(args: &ModelArgs) -> anyhow::Result<Model<CpuBackend>> {
-    let model = Model::load(CpuBackend::new(), &args.model_path, args.act_quant.into())?;
+    let model = Model::load(CpuBackend::new(), &bundled::resolve(args.model_path.as_deref())?, args.act_quant.into())?;
     Ok(model)
 }
 
@@ -202,9 +203,10 @@ struct TextArgs {
     /// Wrap the prompt as a user message in the model's chat format.
     #[arg(long, requires = "prompt")]
     chat: bool,
-    /// Chat in thinking mode (DeepSeek-V3.2 and V3.1 templates).
-    #[arg(long, requires = "chat")]
-    thinking: bool,
+    /// Chat in thinking mode (DeepSeek-V3.2 and V3.1 templates): `--thinking` or
+    /// `--thinking false` (default: the model's generation_config.json, else off).
+    #[arg(long, requires = "chat", num_args = 0..=1, default_missing_value = "true")]
+    thinking: Option<bool>,
     /// 0 decodes greedily.
     #[arg(long, default_value_t = 0.0, requires = "prompt")]
     temperature: f32,
@@ -219,12 +221,16 @@ fn generate_text(
     max_new: usize,
     ignore_eos: bool,
 ) -> anyhow::Result<()> {
-    let tokenizer = Arc::new(Tokenizer::from_dir(&args.model_path)?);
-    let config = ModelConfig::from_file(&args.model_path.join("config.json"))?;
+    let model_path = bundled::resolve(args.model_path.as_deref())?;
+    let tokenizer = Arc::new(Tokenizer::from_dir(&model_path)?);
+    let config = ModelConfig::from_file(&model_path.join("config.json"))?;
     let text = if opts.chat {
         let chat = ChatFormat::select(config.model_type.as_str(), tokenizer.chat_template(), None)?;
         let options = ChatOptions {
-            thinking: opts.thinking,
+            thinking: match opts.thinking {
+                Some(t) => t,
+                None => launch::model_thinking_default(&model_path)?.unwrap_or(false),
+            },
             add_generation_prompt: true,
             bos_token: tokenizer.bos_token().unwrap_or_default().to_string(),
             eos_token: tokenizer.eos_token().unwrap_or_default().to_string(),
@@ -241,7 +247,7 @@ fn generate_text(
         context_length: Some(ids.len() + max_new),
         ..EngineConfig::default()
     };
-    let (path, act) = (args.model_path.clone(), ActQuant::from(args.act_quant));
+    let (path, act) = (model_path, ActQuant::from(args.act_quant));
     let engine = engine::start(
         move || Model::load(CpuBackend::new(), &path, act),
         tokenizer,

@@ -222,7 +222,6 @@ fn bad_arguments() {
     usage_error(&args);
     usage_error(&["generate", "--model-path", &m, "--token-ids", "1", "--max-new-tokens", "-3"]);
     usage_error(&["generate", "--model-path", &m, "--token-ids", "1", "--max-new-tokens", "many"]);
-    usage_error(&["serve"]);
     usage_error(&["serve", "--model-path", &m, "--port", "x"]);
     usage_error(&["serve", "--model-path", &m, "--reasoning-parser", "qwen3"]);
     usage_error(&["generate", "--model-path", &m, "--token-ids", "1", "--prompt", "hi"]);
@@ -345,4 +344,34 @@ fn huge_layer_count_is_an_error() {
     dir.write_config(&v);
     let p = dir.path().display().to_string();
     fail(&["generate", "--model-path", &p, "--token-ids", "1,2,3"], &["num_hidden_layers"]);
+}
+
+/// Without --model-path, `generate` runs the bundled model; `--chat` thinks by default there
+/// (its generation_config.json), and `--thinking false` turns it off (the prompt then ends in
+/// `</think>`; the model answers with its working all the same, see its card).
+#[test]
+fn generate_chats_with_the_bundled_model() {
+    let out = succeed(&["generate", "--chat", "--prompt", "What is 58 + 27?", "--max-new-tokens", "200"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("so far") && stdout.contains("</think>"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("#### 85"), "{stdout}");
+    let out = succeed(&[
+        "generate",
+        "--chat",
+        "--thinking",
+        "false",
+        "--prompt",
+        "What is 58 + 27?",
+        "--max-new-tokens",
+        "200",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("58 + 27 = 85.") && stdout.trim_end().ends_with("#### 85"), "{stdout}");
+}
+
+#[test]
+fn bad_default_chat_template_kwargs_are_usage_errors() {
+    usage_error(&["serve", "--default-chat-template-kwargs", "thinking"]);
+    usage_error(&["serve", "--default-chat-template-kwargs", "[true]"]);
+    fail(&["serve", "--port", "0", "--default-chat-template-kwargs", r#"{"thinking": "yes"}"#], &["thinking"]);
 }

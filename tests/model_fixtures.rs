@@ -134,4 +134,5 @@ fixture_tests! {
     tiny_v32_fp8 => "tiny-v32-fp8",
     odd_v32_fp8 => "odd-v32-fp8",
     odd_v3_bf16 => "odd-v3-bf16",
+    bundled_arith => "flashseek-v32-arith",
 }

@@ -20,9 +20,10 @@ use crate::tokenizer::Tokenizer;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct OfflineArgs {
-    /// A model directory in the Hugging Face layout, with its tokenizer.
+    /// A model directory in the Hugging Face layout, with its tokenizer (default: the bundled
+    /// model).
     #[arg(long)]
-    pub model_path: PathBuf,
+    pub model_path: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub num_prompts: usize,
     #[arg(long, default_value_t = 1024)]
@@ -57,7 +58,8 @@ pub struct OfflineReport {
 }
 
 pub fn run_offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
-    let config = ModelConfig::from_file(&args.model_path.join("config.json"))?;
+    let model_path = crate::bundled::resolve(args.model_path.as_deref())?;
+    let config = ModelConfig::from_file(&model_path.join("config.json"))?;
     let spec = RandomSpec {
         input_len: args.random_input_len,
         output_len: args.random_output_len,
@@ -68,7 +70,7 @@ pub fn run_offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
     let workload = random_requests(&spec, args.seed)?;
     let needed: usize = workload.iter().map(|r| r.prompt_len + r.output_len).sum();
     let longest = workload.iter().map(|r| r.prompt_len + r.output_len).max().unwrap_or(1);
-    let tokenizer = Arc::new(Tokenizer::from_dir(&args.model_path)?);
+    let tokenizer = Arc::new(Tokenizer::from_dir(&model_path)?);
     let engine_config = EngineConfig {
         max_running: args.max_running_requests,
         chunked_prefill_size: args.chunked_prefill_size,
@@ -76,7 +78,7 @@ pub fn run_offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
         context_length: Some(longest.max(args.random_input_len + args.random_output_len)),
         ..EngineConfig::default()
     };
-    let (path, act) = (args.model_path.clone(), ActQuant::from(args.act_quant));
+    let (path, act) = (model_path, ActQuant::from(args.act_quant));
     let engine = engine::start(
         move || Model::load(CpuBackend::new(), &path, act),
         tokenizer,

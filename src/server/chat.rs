@@ -69,7 +69,10 @@ fn prepare(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
             })
             .collect()
     };
-    let thinking = thinking_flag(r.chat_template_kwargs.as_ref())?;
+    let thinking = match protocol::thinking_flag(r.chat_template_kwargs.as_ref())? {
+        Some(asked) => asked,
+        None => state.defaults.thinking()?.unwrap_or(false),
+    };
     let opts = ChatOptions {
         thinking,
         add_generation_prompt: true,
@@ -124,21 +127,6 @@ pub fn max_new_tokens(state: &AppState, asked: Option<usize>, prompt_len: usize)
         )));
     }
     Ok(asked.unwrap_or(context - prompt_len))
-}
-
-fn thinking_flag(kwargs: Option<&serde_json::Map<String, Value>>) -> Result<bool, ApiError> {
-    let Some(kwargs) = kwargs else { return Ok(false) };
-    for key in ["thinking", "enable_thinking"] {
-        match kwargs.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Bool(b)) => return Ok(*b),
-            Some(_) => {
-                return Err(ApiError::bad_request(format!("`chat_template_kwargs.{key}` must be a boolean"))
-                    .with_param(&format!("chat_template_kwargs.{key}")))
-            }
-        }
-    }
-    Ok(false)
 }
 
 fn message(i: usize, m: MessageIn) -> Result<ChatMessage, ApiError> {

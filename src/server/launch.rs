@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use super::{AppState, SamplingDefaults, Server};
 use crate::backend::CpuBackend;
+use crate::bundled;
 use crate::engine::{self, EngineConfig};
 use crate::metrics::Metrics;
 use crate::model::config::ModelConfig;
@@ -45,9 +46,10 @@ impl From<ActQuantArg> for ActQuant {
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// A model directory in the Hugging Face layout (config.json, safetensors, tokenizer.json).
+    /// A model directory in the Hugging Face layout (config.json, safetensors, tokenizer.json);
+    /// default: the bundled arithmetic model, models/flashseek-v32-arith.
     #[arg(long)]
-    pub model_path: PathBuf,
+    pub model_path: Option<PathBuf>,
     /// Where tokenizer.json and tokenizer_config.json are, if not in the model directory.
     #[arg(long)]
     pub tokenizer_path: Option<PathBuf>,
@@ -56,9 +58,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30000)]
     pub port: u16,
     /// Split reasoning from the answer: `deepseek-r1` (output always starts in reasoning) or
-    /// `deepseek-v3` (only when the request turns thinking on).
+    /// `deepseek-v3` (only when the request turns thinking on). The bundled model defaults to
+    /// `deepseek-v3`.
     #[arg(long, value_parser = parse_reasoning)]
     pub reasoning_parser: Option<ReasoningFormat>,
+    /// Chat template arguments for requests that do not set them, as a JSON object, e.g.
+    /// '{"thinking": true}' (default: generation_config.json's `default_chat_template_kwargs`).
+    #[arg(long, value_parser = parse_kwargs)]
+    pub default_chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// Turn DSML tool calls in the output into OpenAI `tool_calls`.
     #[arg(long, value_enum)]
     pub tool_call_parser: Option<ToolCallParserArg>,
@@ -107,15 +114,25 @@ fn parse_reasoning(s: &str) -> Result<ReasoningFormat, String> {
     s.parse()
 }
 
+fn parse_kwargs(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    serde_json::from_str(s).map_err(|e| format!("expected a JSON object: {e}"))
+}
+
 /// Checks the flags, loads everything and binds the port; the returned server is ready to run.
 pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
     check_supported(args)?;
-    let config = ModelConfig::from_file(&args.model_path.join("config.json"))?;
-    let tok_dir = args.tokenizer_path.as_deref().unwrap_or(&args.model_path);
+    let model_path = bundled::resolve(args.model_path.as_deref())?;
+    let is_bundled = args.model_path.is_none();
+    let config = ModelConfig::from_file(&model_path.join("config.json"))?;
+    let tok_dir = args.tokenizer_path.as_deref().unwrap_or(&model_path);
     let tokenizer = Arc::new(Tokenizer::from_dir(tok_dir)?);
     let chat =
         ChatFormat::select(config.model_type.as_str(), tokenizer.chat_template(), args.chat_template.as_deref())?;
-    let defaults = sampling_defaults(&args.model_path)?;
+    let mut defaults = model_defaults(&model_path)?;
+    if let Some(kwargs) = &args.default_chat_template_kwargs {
+        defaults.default_chat_template_kwargs = Some(kwargs.clone());
+    }
+    defaults.thinking().map_err(|e| anyhow::anyhow!("default chat template arguments: {}", e.message))?;
     let metrics = Arc::new(Metrics::default());
     let engine_config = EngineConfig {
         max_running: args.max_running_requests,
@@ -124,7 +141,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
         mem_fraction_static: args.mem_fraction_static,
         context_length: args.context_length,
     };
-    let (path, act) = (args.model_path.clone(), ActQuant::from(args.act_quant));
+    let (path, act) = (model_path.clone(), ActQuant::from(args.act_quant));
     let deterministic = args.enable_deterministic_inference;
     let load = move || {
         let backend = if deterministic { CpuBackend::batch_invariant() } else { CpuBackend::new() };
@@ -136,10 +153,16 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
         engine: handle,
         tokenizer,
         chat,
-        model_name: args.served_model_name.clone().unwrap_or_else(|| args.model_path.display().to_string()),
-        model_path: args.model_path.clone(),
+        model_name: args.served_model_name.clone().unwrap_or_else(|| {
+            if is_bundled {
+                bundled::NAME.to_string()
+            } else {
+                model_path.display().to_string()
+            }
+        }),
+        model_path: model_path.clone(),
         model_type: config.model_type.as_str().to_string(),
-        reasoning: args.reasoning_parser,
+        reasoning: args.reasoning_parser.or(is_bundled.then_some(ReasoningFormat::DeepseekV3)),
         tool_calls: args.tool_call_parser.is_some(),
         defaults,
         metrics,
@@ -149,7 +172,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
     let bound = server.local_addr().map_or(addr, |a| a.to_string());
     eprintln!(
         "flashseek: serving {} on http://{bound} (context {}, KV pool {} tokens, up to {} running)",
-        args.model_path.display(),
+        model_path.display(),
         info.context_length,
         info.num_blocks * crate::kv_cache::BLOCK_SIZE,
         info.max_running
@@ -175,8 +198,13 @@ fn check_supported(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `generation_config.json`'s sampling defaults, when the model ships one.
-fn sampling_defaults(dir: &Path) -> anyhow::Result<SamplingDefaults> {
+/// The thinking mode a model's generation_config.json chooses for chats that do not say.
+pub fn model_thinking_default(dir: &Path) -> anyhow::Result<Option<bool>> {
+    model_defaults(dir)?.thinking().map_err(|e| anyhow::anyhow!("{}: {}", dir.display(), e.message))
+}
+
+/// `generation_config.json`'s defaults, when the model ships one.
+fn model_defaults(dir: &Path) -> anyhow::Result<SamplingDefaults> {
     let path = dir.join("generation_config.json");
     if !path.exists() {
         return Ok(SamplingDefaults::default());

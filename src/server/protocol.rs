@@ -133,7 +133,9 @@ pub struct SamplingIn {
 impl SamplingIn {
     /// Fills `p` from the request; `defaults` are the model's (generation_config.json).
     pub fn apply(self, p: &mut SamplingParams, defaults: &SamplingDefaults) {
-        p.temperature = self.temperature.or(defaults.temperature).unwrap_or(1.0);
+        // `do_sample: false` is generation_config.json's way of saying "greedy by default".
+        let model_temperature = if defaults.do_sample == Some(false) { Some(0.0) } else { defaults.temperature };
+        p.temperature = self.temperature.or(model_temperature).unwrap_or(1.0);
         p.top_p = self.top_p.or(defaults.top_p).unwrap_or(1.0);
         p.top_k = match self.top_k.or(defaults.top_k) {
             Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
@@ -151,15 +153,43 @@ impl SamplingIn {
     }
 }
 
-/// Sampling defaults a model ships in `generation_config.json`.
+/// `thinking` (DeepSeek's name) or `enable_thinking` (Qwen's), when the arguments set either.
+pub fn thinking_flag(kwargs: Option<&serde_json::Map<String, Value>>) -> Result<Option<bool>, ApiError> {
+    let Some(kwargs) = kwargs else { return Ok(None) };
+    for key in ["thinking", "enable_thinking"] {
+        match kwargs.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(b)) => return Ok(Some(*b)),
+            Some(_) => {
+                return Err(ApiError::bad_request(format!("`chat_template_kwargs.{key}` must be a boolean"))
+                    .with_param(&format!("chat_template_kwargs.{key}")))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Defaults a model ships in `generation_config.json`: sampling, and the chat template
+/// arguments a request gets unless it sets them (`default_chat_template_kwargs`, as vLLM reads it).
 #[derive(Debug, Deserialize, Default, Clone)]
 pub struct SamplingDefaults {
+    #[serde(default)]
+    pub do_sample: Option<bool>,
+    #[serde(default)]
+    pub default_chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     pub temperature: Option<f32>,
     #[serde(default)]
     pub top_p: Option<f32>,
     #[serde(default)]
     pub top_k: Option<i64>,
+}
+
+impl SamplingDefaults {
+    /// The thinking mode of requests that do not choose one.
+    pub fn thinking(&self) -> Result<Option<bool>, ApiError> {
+        thinking_flag(self.default_chat_template_kwargs.as_ref())
+    }
 }
 
 #[derive(Debug, Deserialize)]

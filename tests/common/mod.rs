@@ -117,8 +117,12 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// The directory of a fixture under `tests/fixtures`.
+/// The directory of a fixture under `tests/fixtures`, or of the bundled model (which carries
+/// reference files of the same format) by its name.
 pub fn fixture(name: &str) -> PathBuf {
+    if name == flashseek::bundled::NAME {
+        return flashseek::bundled::dir();
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 

@@ -204,6 +204,27 @@ def sample_problem(rng: random.Random) -> Problem:
     return make_problem(rng, op, da, db, word)
 
 
+def sample_close_sub(rng: random.Random) -> Problem:
+    """A subtraction whose operands have the same length, half the time sharing leading digits:
+    the cases where deciding which operand is larger (the first step) is hardest."""
+    d = rng.randint(1, 4)
+    a = number(rng, d)
+    if d > 1 and rng.random() < 0.5:
+        keep = rng.randint(1, d - 1)
+        b = int(str(a)[:keep] + str(number(rng, d - keep)).zfill(d - keep))
+    else:
+        b = number(rng, d)
+    if rng.random() < 0.5:
+        a, b = b, a
+    return make_problem_from_operands(rng, "sub", a, b)
+
+
+def make_problem_from_operands(rng: random.Random, op: str, a: int, b: int) -> Problem:
+    q = rng.choice(PLAIN[op]).format(a=a, b=b)
+    working, r = WORK[op](a, b)
+    return Problem(q, working, r, op, max(len(str(a)), len(str(b))), False)
+
+
 def eval_problems(n: int = 500) -> list[Problem]:
     """The held-out set: per operation and digit count (1-4) of the longer operand, plus word
     problems; deterministic."""

@@ -38,6 +38,9 @@ def parse_args():
     ap.add_argument("--batch-tokens", type=int, default=6144, help="padded tokens per step")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--schedule-start", type=int, default=0, help="step the lr schedule (warm-up, cosine) starts at")
+    ap.add_argument("--focus-sub", type=float, default=0.0,
+                    help="share of problems replaced by subtractions of equal-length operands (data.sample_close_sub)")
     ap.add_argument("--dense-frac", type=float, default=0.1, help="share of steps with dense attention")
     ap.add_argument("--chat-frac", type=float, default=0.2, help="share of replies without a think block")
     ap.add_argument("--save-every", type=int, default=100)
@@ -50,13 +53,16 @@ class Batches:
     """Step s's batch is a pure function of (seed, s): a pool of problems is drawn, sorted by
     length and cut into runs of about --batch-tokens padded tokens, and one run is taken."""
 
-    def __init__(self, tok, seed: int, batch_tokens: int, chat_frac: float):
-        self.tok, self.seed, self.budget, self.chat_frac = tok, seed, batch_tokens, chat_frac
+    def __init__(self, tok, a):
+        self.tok, self.seed, self.budget, self.chat_frac = tok, a.seed, a.batch_tokens, a.chat_frac
+        self.focus_sub = a.focus_sub
         self.held_out = {p.question for p in data.eval_problems()}
 
     def example(self, rng):
         while True:
-            p = data.sample_problem(rng)
+            # no draw without --focus-sub, so the earlier stages' batches stay what they were
+            focus = self.focus_sub > 0 and rng.random() < self.focus_sub
+            p = data.sample_close_sub(rng) if focus else data.sample_problem(rng)
             if p.question not in self.held_out:
                 break
         thinking = rng.random() >= self.chat_frac
@@ -90,9 +96,10 @@ class Batches:
 
 
 def lr_at(step, a):
+    step, steps = step - a.schedule_start, a.steps - a.schedule_start
     if step < a.warmup:
         return a.lr * (step + 1) / a.warmup
-    t = (step - a.warmup) / max(1, a.steps - a.warmup)
+    t = (step - a.warmup) / max(1, steps - a.warmup)
     return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -132,7 +139,7 @@ def main():
         print(f"resuming at step {step}", flush=True)
     params = sum(p.numel() for p in model.parameters())
     print(f"{params / 1e6:.2f}M parameters, vocab {cfg.vocab_size}", flush=True)
-    batches = Batches(tok, a.seed, a.batch_tokens, a.chat_frac)
+    batches = Batches(tok, a)
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
