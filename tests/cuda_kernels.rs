@@ -15,9 +15,10 @@ use std::sync::OnceLock;
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use flashseek::backend::cuda::CudaDevice;
 use flashseek::backend::{Backend, CpuBackend, HeadCols, RopeLayout};
-use flashseek::fp8::{ScaleFmt, E4M3_TO_F32};
-use flashseek::model::weights::{HostLinear, HostTensor};
+use flashseek::fp8::{group_scale, ScaleFmt, E4M3_TO_F32};
+use flashseek::model::weights::{Bytes, DType, HostLinear, HostTensor};
 use flashseek::tensor::Tensor;
+use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -572,6 +573,246 @@ fn argmax_matches_cpu() {
     });
 }
 
+// ---- the GEMM family ----
+
+/// DeepSeek's activation quantization: per 1x128 group, the scale must be the CPU's
+/// `group_scale` of the group's amax (NaN skipped), and code times scale must be the CPU's
+/// `fp8_round` of the row (`quantize_rows`, what the CPU's FP8 linear multiplies), bit for bit.
+#[test]
+fn act_quant_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let cols = prop_oneof![Just(128usize), Just(7168), Just(1536), 1usize..128, 129usize..700];
+    let strategy = (0usize..40, cols, fmt_strategy(), any::<u64>());
+    run("act_quant", strategy, |(rows, cols, fmt, seed), worst| {
+        let mut rng = Rng(seed);
+        let mut x = rng.magnitudes(rows, cols);
+        // A few NaN, infinities and zeros: NaN is skipped by amax (and gets a NaN code), an
+        // infinity gives its group an infinite scale and NaN codes for itself (inf / inf), so the
+        // whole group decodes to NaN on both sides (0 * inf).
+        for _ in 0..(rows * cols) / 2000 {
+            let i = rng.below(rows * cols);
+            x[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0][rng.below(5)];
+        }
+        let kb = cols.div_ceil(128);
+        let x_dev = upload(dev, &x);
+        let (mut codes_dev, mut scales_dev) = (zeros::<u8>(dev, rows * cols), zeros::<f32>(dev, rows * kb));
+        dev.act_quant(&x_dev, rows, cols, fmt, &mut codes_dev, &mut scales_dev).expect("cuda act_quant");
+        let codes = download(dev, &codes_dev, rows * cols);
+        let scales = download(dev, &scales_dev, rows * kb);
+
+        let shape = format!("[{rows}x{cols}] {fmt:?}");
+        let want_scales: Vec<f32> = x
+            .chunks(cols.max(1))
+            .flat_map(|row| row.chunks(128).map(|g| group_scale(g.iter().fold(0.0f32, |m, v| m.max(v.abs())), fmt)))
+            .collect();
+        compare("act_quant scales", &shape, kb, &scales, &want_scales, |_| 0.0, worst)?;
+        let decoded: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| E4M3_TO_F32[c as usize] * scales[i / cols * kb + i % cols / 128])
+            .collect();
+        let mut want = tensor(rows, cols, x);
+        if cols > 0 {
+            cpu.fp8_round(&mut want, cols, fmt).expect("cpu fp8_round");
+        }
+        compare("act_quant", &shape, cols, &decoded, want.data(), |_| 0.0, worst)
+    });
+}
+
+/// Every finite e4m3 value, in groups whose ue8m0 scale is 1 (each holds 448), must quantize to
+/// its own code: the encoder inverts the decoding table, subnormals, -0 and 448 included.
+#[test]
+fn act_quant_codes_every_e4m3_value() {
+    let Some(dev) = device() else { return };
+    let finite: Vec<u8> = (0u8..=0xff).filter(|&c| c & 0x7f != 0x7f).collect();
+    let mut x = Vec::new();
+    let mut want = Vec::new();
+    for chunk in finite.chunks(127) {
+        x.push(448.0);
+        want.push(0x7e);
+        x.extend(chunk.iter().map(|&c| E4M3_TO_F32[c as usize]));
+        want.extend_from_slice(chunk);
+    }
+    let rows = x.len().div_ceil(128);
+    x.resize(rows * 128, 0.0);
+    want.resize(rows * 128, 0);
+    let x_dev = upload(dev, &x);
+    let (mut codes_dev, mut scales_dev) = (zeros::<u8>(dev, x.len()), zeros::<f32>(dev, rows));
+    dev.act_quant(&x_dev, rows, 128, ScaleFmt::Ue8m0, &mut codes_dev, &mut scales_dev).expect("cuda act_quant");
+    assert_eq!(download(dev, &scales_dev, rows), vec![1.0; rows]);
+    assert_eq!(download(dev, &codes_dev, x.len()), want);
+}
+
+/// The formats a linear weight arrives in.
+#[derive(Debug, Clone, Copy)]
+enum WeightFmt {
+    F32,
+    Bf16,
+    F16,
+    Fp8,
+}
+
+/// A random `[n, k]` weight of `fmt`, and its values as both backends multiply them: FP8 ones are
+/// code times block scale rounded to f32 (the CPU's `decode_e4m3`, the GPU's plain GEMM).
+fn random_linear(rng: &mut Rng, fmt: WeightFmt, n: usize, k: usize) -> (HostLinear, Vec<f32>) {
+    let shape = vec![n, k];
+    match fmt {
+        WeightFmt::F32 => {
+            let v = rng.values(n * k, -1.0, 1.0);
+            (HostLinear { weight: HostTensor::from_f32("w", shape, &v), scale_inv: None }, v)
+        }
+        WeightFmt::Bf16 => {
+            let v: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rng.range(-1.0, 1.0))).collect();
+            let values = v.iter().map(|b| b.to_f32()).collect();
+            (HostLinear { weight: HostTensor::from_bf16("w", shape, &v), scale_inv: None }, values)
+        }
+        WeightFmt::F16 => {
+            let v: Vec<f16> = (0..n * k).map(|_| f16::from_f32(rng.range(-1.0, 1.0))).collect();
+            let values = v.iter().map(|h| h.to_f32()).collect();
+            (HostLinear { weight: HostTensor::from_f16("w", shape, &v), scale_inv: None }, values)
+        }
+        WeightFmt::Fp8 => {
+            // Every code, the NaN ones (0x7f, 0xff) kept only one time in 4096: a NaN weight
+            // makes its whole output column NaN.
+            let codes: Vec<u8> = (0..n * k)
+                .map(|_| {
+                    let c = (rng.next_u64() >> 56) as u8;
+                    if c & 0x7f == 0x7f && rng.below(4096) != 0 {
+                        c ^ 1
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            // Block scales of the magnitude of real `weight_scale_inv`s.
+            let kb = k.div_ceil(128);
+            let scales: Vec<f32> = (0..n.div_ceil(128) * kb).map(|_| 2f32.powf(rng.range(-14.0, -6.0))).collect();
+            let values = codes
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| E4M3_TO_F32[c as usize] * scales[i / k / 128 * kb + i % k / 128])
+                .collect();
+            (HostLinear { weight: HostTensor::from_e4m3("w", shape, codes), scale_inv: Some(scales) }, values)
+        }
+    }
+}
+
+/// `Σ_k |x[i, k]| · |w[j, k]|` in f64 for every output (i, j): the scale of a dot product's
+/// rounding errors.
+fn abs_dots(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut p = vec![0.0; m * n];
+    if k == 0 {
+        return p;
+    }
+    for (xr, pr) in x.chunks(k).zip(p.chunks_mut(n)) {
+        for (wr, pv) in w.chunks(k).zip(pr.iter_mut()) {
+            *pv = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a.abs()) * f64::from(b.abs())).sum();
+        }
+    }
+    p
+}
+
+/// How far the GPU's GEMM may be from the CPU's, for an output whose products have absolute sum
+/// `p` (computed from the values both sides multiply: activations as rounded through e4m3 where
+/// quantized, weights as dequantized to f32), with u = 2^-24 the unit roundoff and k columns in
+/// `kb = ceil(k / 128)` blocks. Summing k products in any order, with or without FMAs, errs by at
+/// most γ_k·p, γ_k = k·u / (1 - k·u) (Higham, Accuracy and Stability of Numerical Algorithms,
+/// 3.1), so that is the CPU's error whatever loop it takes (row dots, `gemm`, `dot_e4m3`), plus
+/// at most 2u·p where it first rounds code times scale to f32 for activations and weights. The
+/// GPU's plain GEMM sums the same f32 products: γ_k·p. Its FP8 GEMM multiplies codes exactly,
+/// sums at most 128 of them per block (γ_128), multiplies by two scales (2u) and sums kb blocks
+/// (γ_kb): (130 + kb)·u·p to first order; `dot_e4m3` (the CPU's single-row FP8 path) is
+/// bounded alike. In all, |gpu - cpu| <= (2k + kb + 132)·u·p to first order, below
+/// (k + kb + 132)·2^-23·p; the factor 1.01 covers the second-order terms (k·u < 2^-11 here),
+/// and one f32 MIN_POSITIVE keeps the bound positive where p is 0 (a -0 against a +0).
+fn gemm_bound(p: f64, k: usize) -> f64 {
+    (k + k.div_ceil(128) + 132) as f64 * ULP * p * 1.01 + f64::from(f32::MIN_POSITIVE)
+}
+
+/// Shapes `(m, n, k)`: random ones with partial 128-blocks in n and k, whole blocks, empty
+/// ones, many rows (prefill), and DeepSeek's MLA down-projections at decode: `wkv_a` (576 x
+/// 7168) and `wq_a` with `wkv_a` stacked (2112 = 1536 + 576 rows, as engines fuse them).
+fn gemm_shape_strategy() -> impl Strategy<Value = (usize, usize, usize)> {
+    let side = || prop_oneof![4 => 1usize..400, 1 => Just(128usize), 1 => Just(256usize), 1 => Just(384usize)];
+    prop_oneof![
+        8 => (1usize..70, side(), side()),
+        1 => (0usize..3, 0usize..3, 0usize..3),
+        1 => (prop_oneof![Just(128usize), Just(4096usize)], 1usize..80, 1usize..300),
+        1 => (1usize..4, prop_oneof![Just(2112usize), Just(576usize)], Just(7168usize)),
+    ]
+}
+
+/// `linear` on both backends for weights of `fmt` and activation quantization from `quant`,
+/// compared within [`gemm_bound`]. Activations span 2^-20 .. 2^12 by row; one case in four has
+/// a few NaN, infinities and zeros (an infinity makes its row NaN or infinite on both sides, in
+/// a quantized group NaN; NaN positions must match).
+fn linear_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option<ScaleFmt>>) {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let strategy = (gemm_shape_strategy(), quant, any::<bool>(), any::<u64>());
+    run(op, strategy, |((m, n, k), quant, specials, seed), worst| {
+        let mut rng = Rng(seed);
+        let (host, w_values) = random_linear(&mut rng, fmt, n, k);
+        let mut x = rng.magnitudes(m, k);
+        if specials {
+            for _ in 0..(m * k) / 3000 + 1 {
+                if m * k > 0 {
+                    let i = rng.below(m * k);
+                    x[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0][rng.below(5)];
+                }
+            }
+        }
+        let w_dev = dev.load_linear(&host).expect("cuda load_linear");
+        let x_dev = upload(dev, &x);
+        let mut out_dev = zeros::<f32>(dev, m * n);
+        dev.linear(&x_dev, m, &w_dev, quant, &mut out_dev).expect("cuda linear");
+        let got = download(dev, &out_dev, m * n);
+
+        let w_cpu = cpu.load_linear(&host).expect("cpu load_linear");
+        let mut want = tensor(m, n, vec![0.0; m * n]);
+        cpu.linear(&tensor(m, k, x.clone()), &w_cpu, quant, &mut want).expect("cpu linear");
+        // The activations the products are made of: rounded through e4m3 where quantized.
+        let mut xq = tensor(m, k, x);
+        if let (Some(q), WeightFmt::Fp8, true) = (quant, fmt, k > 0) {
+            cpu.fp8_round(&mut xq, k, q).expect("cpu fp8_round");
+        }
+        let p = abs_dots(xq.data(), &w_values, m, n, k);
+        let shape = format!("[{m}x{k}]·[{n}x{k}]ᵀ {fmt:?} {quant:?}");
+        compare(op, &shape, n, &got, want.data(), |i| gemm_bound(p[i], k), worst)
+    });
+}
+
+#[test]
+fn fp8_linear_quantized_matches_cpu() {
+    linear_matches_cpu("act_quant + fp8_gemm", WeightFmt::Fp8, fmt_strategy().prop_map(Some));
+}
+
+#[test]
+fn fp8_linear_unquantized_matches_cpu() {
+    linear_matches_cpu("gemm_we4m3", WeightFmt::Fp8, Just(None));
+}
+
+/// Weights that are not FP8 never quantize their activations, with or without `quant`.
+fn any_quant() -> impl Strategy<Value = Option<ScaleFmt>> {
+    prop_oneof![Just(None), fmt_strategy().prop_map(Some)]
+}
+
+#[test]
+fn bf16_linear_matches_cpu() {
+    linear_matches_cpu("gemm_wbf16", WeightFmt::Bf16, any_quant());
+}
+
+#[test]
+fn f16_linear_matches_cpu() {
+    linear_matches_cpu("gemm_wf16", WeightFmt::F16, any_quant());
+}
+
+#[test]
+fn f32_linear_matches_cpu() {
+    linear_matches_cpu("gemm_wf32", WeightFmt::F32, any_quant());
+}
+
 // ---- bad shapes: every launcher rejects what does not fit its buffers, and never panics ----
 
 fn buf(dev: &CudaDevice, n: usize) -> CudaSlice<f32> {
@@ -685,4 +926,71 @@ fn argmax_rejects_bad_shapes() {
     assert!(dev.argmax(&x, 2, 3, &mut zeros::<u32>(dev, 1)).is_err(), "out too short");
     assert!(dev.argmax(&x, 2, 0, &mut out).is_err(), "no columns");
     dev.argmax(&x, 0, 3, &mut out).expect("no rows");
+}
+
+#[test]
+fn load_linear_rejects_bad_weights() {
+    let Some(dev) = device() else { return };
+    let fp8 = |shape: Vec<usize>, codes: usize, scales: Option<usize>| HostLinear {
+        weight: HostTensor { name: "w".into(), dtype: DType::F8E4M3, shape, bytes: Bytes::owned(vec![0; codes]) },
+        scale_inv: scales.map(|n| vec![1.0; n]),
+    };
+    assert!(dev.load_linear(&fp8(vec![130, 200], 130 * 200, Some(4))).is_ok(), "2x2 scale blocks");
+    assert!(dev.load_linear(&fp8(vec![130, 200], 130 * 200, None)).is_err(), "no scales");
+    assert!(dev.load_linear(&fp8(vec![130, 200], 130 * 200, Some(3))).is_err(), "too few scales");
+    assert!(dev.load_linear(&fp8(vec![130, 200], 130 * 200 - 1, Some(4))).is_err(), "too few codes");
+    assert!(dev.load_linear(&fp8(vec![26_000], 26_000, Some(4))).is_err(), "1-D");
+    assert!(dev.load_linear(&fp8(vec![usize::MAX, 2], 0, Some(0))).is_err(), "shape overflows");
+    let bf = HostLinear { weight: HostTensor::from_bf16("w", vec![3, 4], &[bf16::ONE; 12]), scale_inv: None };
+    let mut short = bf.clone();
+    short.weight.shape = vec![4, 4];
+    assert!(dev.load_linear(&short).is_err(), "bf16 bytes short of the shape");
+    let w = dev.load_linear(&bf).expect("bf16");
+    assert_eq!((w.rows(), w.cols(), w.is_fp8()), (3, 4, false));
+    let empty = HostLinear { weight: HostTensor::from_f32("w", vec![0, 4], &[]), scale_inv: None };
+    dev.load_linear(&empty).expect("no rows");
+}
+
+#[test]
+fn act_quant_rejects_bad_shapes() {
+    let Some(dev) = device() else { return };
+    let x = buf(dev, 400);
+    let (mut codes, mut scales) = (zeros::<u8>(dev, 400), buf(dev, 4));
+    let fmt = ScaleFmt::Exact;
+    assert!(dev.act_quant(&x, 2, 201, fmt, &mut codes, &mut scales).is_err(), "x too short");
+    assert!(dev.act_quant(&x, 2, 200, fmt, &mut zeros::<u8>(dev, 399), &mut scales).is_err(), "codes too short");
+    assert!(dev.act_quant(&x, 2, 200, fmt, &mut codes, &mut buf(dev, 3)).is_err(), "scales too short");
+    assert!(dev.act_quant(&x, usize::MAX, 200, fmt, &mut codes, &mut scales).is_err(), "rows overflow");
+    dev.act_quant(&x, 0, 200, fmt, &mut codes, &mut scales).expect("no rows");
+    dev.act_quant(&x, 2, 0, fmt, &mut codes, &mut scales).expect("no columns");
+    dev.act_quant(&x, 2, 200, ScaleFmt::Ue8m0, &mut codes, &mut scales).expect("fits");
+}
+
+#[test]
+fn gemms_reject_bad_shapes() {
+    let Some(dev) = device() else { return };
+    // A [3, 200] weight (n = 3, k = 200): FP8 with 1x2 scale blocks, and bf16.
+    let fp8 =
+        HostLinear { weight: HostTensor::from_e4m3("w", vec![3, 200], vec![0x38; 600]), scale_inv: Some(vec![1.0; 2]) };
+    let bf = HostLinear { weight: HostTensor::from_bf16("w", vec![3, 200], &[bf16::ONE; 600]), scale_inv: None };
+    let (fp8, bf) = (dev.load_linear(&fp8).expect("fp8"), dev.load_linear(&bf).expect("bf16"));
+    let (a, sa, x, mut out) = (zeros::<u8>(dev, 400), buf(dev, 4), upload(dev, &[1.0; 400]), buf(dev, 6));
+    assert!(dev.fp8_gemm(&a, &sa, 2, &bf, &mut out).is_err(), "fp8_gemm of a bf16 weight");
+    assert!(dev.fp8_gemm(&zeros::<u8>(dev, 399), &sa, 2, &fp8, &mut out).is_err(), "codes too short");
+    assert!(dev.fp8_gemm(&a, &buf(dev, 3), 2, &fp8, &mut out).is_err(), "scales too short");
+    assert!(dev.fp8_gemm(&a, &sa, 2, &fp8, &mut buf(dev, 5)).is_err(), "out too short");
+    assert!(dev.fp8_gemm(&a, &sa, usize::MAX, &fp8, &mut out).is_err(), "rows overflow");
+    dev.fp8_gemm(&a, &sa, 2, &fp8, &mut out).expect("fp8_gemm fits");
+    for w in [&fp8, &bf] {
+        assert!(dev.gemm(&buf(dev, 399), 2, w, &mut out).is_err(), "gemm: x too short");
+        assert!(dev.gemm(&x, 2, w, &mut buf(dev, 5)).is_err(), "gemm: out too short");
+        for quant in [None, Some(ScaleFmt::Ue8m0)] {
+            assert!(dev.linear(&buf(dev, 399), 2, w, quant, &mut out).is_err(), "linear: x too short");
+            assert!(dev.linear(&x, 2, w, quant, &mut buf(dev, 5)).is_err(), "linear: out too short");
+            assert!(dev.linear(&x, usize::MAX, w, quant, &mut out).is_err(), "linear: rows overflow");
+            dev.linear(&x, 0, w, quant, &mut out).expect("linear: no rows");
+            dev.linear(&x, 2, w, quant, &mut out).expect("linear fits");
+        }
+    }
+    assert_eq!(download(dev, &out, 6), vec![200.0; 6], "ones times ones over k = 200");
 }

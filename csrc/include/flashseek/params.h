@@ -104,3 +104,44 @@ typedef struct ArgmaxParams {
     unsigned int rows;
     unsigned int cols;
 } ArgmaxParams;
+
+// Threads per block of the act_quant kernel (a warp per 1x128 group).
+#define FLASHSEEK_ACT_QUANT_THREADS 128
+
+// DeepSeek's activation quantization (csrc/sm90/gemm/act_quant.cu): each row of x (`cols`
+// values) cut into groups of FLASHSEEK_FP8_GROUP from its left (the last may be partial), each
+// with the scale amax/448 (a power of two if ue8m0 != 0) in scales[row, group] (rows of
+// ceil(cols / FLASHSEEK_FP8_GROUP)) and the e4m3fn codes of x / scale in codes[row, col].
+// `groups` is rows * ceil(cols / FLASHSEEK_FP8_GROUP), which sets the number of rows.
+typedef struct ActQuantParams {
+    const float* x;
+    unsigned char* codes;
+    float* scales;
+    unsigned int cols;
+    unsigned int groups;
+    unsigned int ue8m0;
+} ActQuantParams;
+
+// Each GEMM block computes a FLASHSEEK_GEMM_TILE x FLASHSEEK_GEMM_TILE tile of out (rows of a
+// by rows of b) with FLASHSEEK_GEMM_THREADS threads; tiles are numbered row-major over out.
+#define FLASHSEEK_GEMM_TILE 64
+#define FLASHSEEK_GEMM_THREADS 256
+
+// out[m, n] = a[m, k] . b[n, k]^T in f32 (csrc/sm90/gemm/gemm.cu), out packed [m, n]:
+// - fp8_gemm:   a holds e4m3fn codes with one scale per row and 128 columns in a_scales
+//               ([m, ceil(k / 128)]); b holds e4m3fn codes with one scale per 128x128 block in
+//               b_scales ([ceil(n / 128), ceil(k / 128)]). Per 128-wide block of k, the codes'
+//               dot product (f32) times the a scale times the b scale, summed over the blocks.
+// - gemm_w<T>:  a is f32, b is f32, bf16 or f16 (bits), or e4m3fn codes each times its block's
+//               scale in b_scales (then rounded to f32, as the CPU dequantizes); a_scales unused.
+// m, n and k are below 2^31 (the host checks), so tile and k offsets never wrap.
+typedef struct GemmParams {
+    const void* a;
+    const float* a_scales;
+    const void* b;
+    const float* b_scales;
+    float* out;
+    unsigned int m;
+    unsigned int n;
+    unsigned int k;
+} GemmParams;

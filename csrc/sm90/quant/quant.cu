@@ -1,49 +1,21 @@
-// FP8 e4m3 rounding with DeepSeek's activation scales, and the normalized Walsh-Hadamard
-// transform, in place over f32 segments. Both match the CPU backend bit for bit (src/fp8.rs,
+// FP8 e4m3 rounding with DeepSeek's activation scales (common/fp8.cuh), and the normalized
+// Walsh-Hadamard transform, in place over f32 segments. Both match the CPU backend bit for bit (src/fp8.rs,
 // src/backend/cpu/elementwise.rs): they are its arithmetic, step for step, with explicitly
 // rounded operations so that nvcc cannot contract anything into an FMA.
 #include "flashseek/params.h"
+#include "../../common/fp8.cuh"
 
 namespace {
+
+using flashseek::group_scale;
+using flashseek::kE4m3Max;
+using flashseek::round_e4m3;
 
 constexpr unsigned kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr unsigned kPerLane = FLASHSEEK_FP8_GROUP / kWarp;
 static_assert(FLASHSEEK_FP8_GROUP % kWarp == 0, "a warp covers a group in whole rounds");
 static_assert(FLASHSEEK_FP8_ROUND_THREADS % kWarp == 0, "whole warps per block");
-
-constexpr float kE4m3Max = 448.0f;
-// The f32 nearest 1/448: the value of Rust's `1.0 / E4M3_MAX`, spelled out so that no compiler
-// folds the division differently.
-constexpr float kInvE4m3Max = 0x1.24924ap-9f;
-constexpr float kAmaxFloor = 1e-4f;
-
-// `group_scale` of src/fp8.rs: amax/448 (amax at least 1e-4), rounded up to a power of two for
-// ue8m0 by the same bit arithmetic.
-__device__ __forceinline__ float group_scale(float amax, bool ue8m0) {
-    const float s = __fmul_rn(fmaxf(amax, kAmaxFloor), kInvE4m3Max);
-    if (!ue8m0) {
-        return s;
-    }
-    const unsigned bits = __float_as_uint(s);
-    const int exp = static_cast<int>((bits >> 23) & 0xffu) - 127 + ((bits & 0x7fffffu) != 0 ? 1 : 0);
-    return __uint_as_float(static_cast<unsigned>(exp + 127) << 23);
-}
-
-// `round_e4m3` of src/fp8.rs for |x| <= 448: ties to even, the subnormals on a 2^-9 grid.
-__device__ __forceinline__ float round_e4m3(float x) {
-    const float a = fabsf(x);
-    float r;
-    if (a < 1.0f / 64.0f) {
-        r = __fmul_rn(rintf(__fmul_rn(a, 512.0f)), 1.0f / 512.0f);
-    } else {
-        // Keep 3 mantissa bits, rounding to nearest even on the 20 dropped ones.
-        const unsigned bits = __float_as_uint(a);
-        const unsigned rounded = bits + 0x7ffffu + ((bits >> 20) & 1u);
-        r = __uint_as_float(rounded & ~0xfffffu);
-    }
-    return copysignf(r, x);
-}
 
 // `round_trip_group` of src/fp8.rs for one value. A NaN stays NaN here; the CPU's bit trick
 // keeps it NaN too for the NaNs its division makes of a NaN input (a payload below 0x7ff80000),

@@ -11,11 +11,14 @@
 mod argmax;
 mod elementwise;
 mod embedding;
+mod gemm;
 mod norm;
 mod quant;
 mod rope;
 
 use std::sync::Arc;
+
+pub use gemm::CudaLinear;
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -31,7 +34,7 @@ mod params {
     include!(concat!(env!("OUT_DIR"), "/params.rs"));
 }
 
-// SAFETY (all six): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
+// SAFETY (all eight): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
 // checks it at compile time), holds only plain values and device pointers, and kernels take it by
 // value.
 unsafe impl DeviceRepr for params::NormParams {}
@@ -40,6 +43,8 @@ unsafe impl DeviceRepr for params::ElementwiseParams {}
 unsafe impl DeviceRepr for params::QuantParams {}
 unsafe impl DeviceRepr for params::EmbeddingParams {}
 unsafe impl DeviceRepr for params::ArgmaxParams {}
+unsafe impl DeviceRepr for params::ActQuantParams {}
+unsafe impl DeviceRepr for params::GemmParams {}
 
 /// Every kernel of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashseek.fatbin"));
@@ -61,6 +66,12 @@ struct Kernels {
     hadamard: CudaFunction,
     embedding: CudaFunction,
     argmax: CudaFunction,
+    act_quant: CudaFunction,
+    fp8_gemm: CudaFunction,
+    gemm_wf32: CudaFunction,
+    gemm_wbf16: CudaFunction,
+    gemm_wf16: CudaFunction,
+    gemm_we4m3: CudaFunction,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
@@ -98,6 +109,12 @@ impl CudaDevice {
             hadamard: load("hadamard")?,
             embedding: load("embedding")?,
             argmax: load("argmax")?,
+            act_quant: load("act_quant")?,
+            fp8_gemm: load("fp8_gemm")?,
+            gemm_wf32: load("gemm_wf32")?,
+            gemm_wbf16: load("gemm_wbf16")?,
+            gemm_wf16: load("gemm_wf16")?,
+            gemm_we4m3: load("gemm_we4m3")?,
         };
         Ok(Self { stream: ctx.default_stream(), kernels })
     }
