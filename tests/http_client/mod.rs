@@ -1,5 +1,7 @@
 //! A small HTTP/1.1 client over a raw socket for the server tests: full control over what is
 //! sent (malformed bodies, early disconnects), chunked bodies decoded, SSE events split out.
+// Each test crate that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
