@@ -13,8 +13,8 @@ use clap::Parser;
 use flashseek::bench::{run_accuracy, AccuracyArgs};
 use flashseek::bundled;
 use flashseek::server::launch::{self, ServeArgs};
-use http_client::{get, post};
-use serde_json::{json, Value};
+use http_client::{collect_chat_stream, get, ok, post};
+use serde_json::json;
 
 #[derive(Parser)]
 struct Cli {
@@ -40,27 +40,6 @@ fn server() -> SocketAddr {
     })
 }
 
-fn ok(r: &http_client::Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
-}
-
-/// Concatenated `delta.reasoning_content` and `delta.content` of a chat stream, and its
-/// finish_reason.
-fn stream_parts(events: &[Value]) -> (String, String, Option<String>) {
-    let (mut reasoning, mut content, mut finish) = (String::new(), String::new(), None);
-    for e in events {
-        for c in e["choices"].as_array().expect("choices") {
-            reasoning.push_str(c["delta"]["reasoning_content"].as_str().unwrap_or(""));
-            content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
-            if let Some(f) = c["finish_reason"].as_str() {
-                finish = Some(f.to_string());
-            }
-        }
-    }
-    (reasoning, content, finish)
-}
-
 /// It thinks by default (generation_config.json) and the deepseek-v3 reasoning parser is on: the
 /// working streams as reasoning and the answer as content, greedily (`do_sample: false`).
 #[test]
@@ -74,7 +53,7 @@ fn streams_its_working_as_reasoning_and_the_answer_as_content() {
             "stream": true,
         });
         let events = post(addr, "/v1/chat/completions", &body).json_events();
-        let (reasoning, content, finish) = stream_parts(&events);
+        let (content, reasoning, finish, _) = collect_chat_stream(&events);
         assert_eq!(finish.as_deref(), Some("stop"));
         assert!(
             reasoning.contains("so far") && reasoning.ends_with(&format!("{a} + {b} = {}.", a + b)),

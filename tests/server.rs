@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use flashseek::server::launch::{self, ServeArgs};
-use http_client::{get, open_stream, post, request};
+use http_client::{collect_chat_stream, get, ok, open_stream, post, request};
 use serde_json::{json, Value};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-v32");
@@ -51,31 +51,6 @@ fn merge(body: &mut Value, extra: Value) {
     if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
         b.extend(e);
     }
-}
-
-fn ok(r: &http_client::Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
-}
-
-/// Concatenated `delta.content` / `delta.reasoning_content` of a chat stream, its
-/// finish_reason and the usage chunk.
-fn collect_chat_stream(events: &[Value]) -> (String, String, Option<String>, Option<Value>) {
-    let (mut content, mut reasoning, mut finish, mut usage) = (String::new(), String::new(), None, None);
-    for e in events {
-        if let Some(u) = e.get("usage").filter(|u| !u.is_null()) {
-            assert_eq!(e["choices"], json!([]), "the usage chunk has no choices");
-            usage = Some(u.clone());
-        }
-        for c in e["choices"].as_array().expect("choices") {
-            content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
-            reasoning.push_str(c["delta"]["reasoning_content"].as_str().unwrap_or(""));
-            if let Some(f) = c["finish_reason"].as_str() {
-                finish = Some(f.to_string());
-            }
-        }
-    }
-    (content, reasoning, finish, usage)
 }
 
 #[test]

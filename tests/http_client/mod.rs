@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub struct Response {
     pub status: u16,
@@ -123,4 +123,30 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         assert_eq!(&b[size..size + 2], b"\r\n", "chunk not followed by CRLF");
         b = &b[size + 2..];
     }
+}
+
+/// The JSON body of a 200 response (anything else fails the test, showing the body).
+pub fn ok(r: &Response) -> Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// Concatenated `delta.content` / `delta.reasoning_content` of a chat stream, its
+/// finish_reason and the usage chunk.
+pub fn collect_chat_stream(events: &[Value]) -> (String, String, Option<String>, Option<Value>) {
+    let (mut content, mut reasoning, mut finish, mut usage) = (String::new(), String::new(), None, None);
+    for e in events {
+        if let Some(u) = e.get("usage").filter(|u| !u.is_null()) {
+            assert_eq!(e["choices"], json!([]), "the usage chunk has no choices");
+            usage = Some(u.clone());
+        }
+        for c in e["choices"].as_array().expect("choices") {
+            content.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            reasoning.push_str(c["delta"]["reasoning_content"].as_str().unwrap_or(""));
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    (content, reasoning, finish, usage)
 }
