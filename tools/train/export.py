@@ -40,10 +40,6 @@ E4M3_MAX = 448.0
 BF16_SUFFIXES = ("embed_tokens.weight", "lm_head.weight", "mlp.gate.weight", "weights_proj.weight")
 
 
-def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
-    return torch.exp2(torch.ceil(torch.log2(x)))
-
-
 def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """128x128 blocks from the top-left (partial edge blocks); scale = 2^ceil(log2(amax/448))."""
     n, k = w.shape
@@ -52,7 +48,7 @@ def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for i in range(nb):
         for j in range(kb):
             blk = w[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK]
-            scale[i, j] = pow2_ceil(blk.abs().max().clamp_min(1e-12) / E4M3_MAX)
+            scale[i, j] = fr.pow2_ceil(blk.abs().max().clamp_min(1e-12) / E4M3_MAX)
     s = fr.block_expand(scale, n, k)
     return torch.clamp(w / s, -E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale
 
