@@ -4,6 +4,8 @@
 // activations (sm90/quant, sm90/gemm) and those that decode e4m3 codes (sm90/gemm).
 #pragma once
 
+#include "flashseek/params.h"
+
 namespace flashseek {
 
 constexpr float kE4m3Max = 448.0f;
@@ -74,6 +76,30 @@ __device__ __forceinline__ unsigned char f32_to_e4m3(float r) {
         mag = (((bits >> 23) - 120u) << 3) | ((bits >> 20) & 7u);
     }
     return static_cast<unsigned char>(sign | mag);
+}
+
+constexpr unsigned kWarp = 32;
+// Values of a 1x128 group each lane of its warp holds.
+constexpr unsigned kGroupPerLane = FLASHSEEK_FP8_GROUP / kWarp;
+static_assert(FLASHSEEK_FP8_GROUP % kWarp == 0, "a warp covers a group in whole rounds");
+
+// One warp loads a group of `len` values of x (lane l takes l, l + 32, ...; past `len`, zeros)
+// into `v` and returns the group's absolute maximum in every lane: exact in any order, so the
+// scale made of it is the CPU's. Every lane of the warp must call it.
+__device__ __forceinline__ float load_group_amax(const float* x, unsigned len, unsigned lane,
+                                                 float (&v)[kGroupPerLane]) {
+    float amax = 0.0f;
+#pragma unroll
+    for (unsigned k = 0; k < kGroupPerLane; ++k) {
+        const unsigned i = lane + k * kWarp;
+        v[k] = i < len ? x[i] : 0.0f;
+        // fmaxf ignores a NaN, as Rust's f32::max in the CPU's fold.
+        amax = fmaxf(amax, fabsf(v[k]));
+    }
+    for (unsigned offset = kWarp / 2; offset > 0; offset /= 2) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    }
+    return amax;
 }
 
 }  // namespace flashseek

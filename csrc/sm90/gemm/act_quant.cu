@@ -8,10 +8,8 @@
 
 namespace {
 
-constexpr unsigned kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
-constexpr unsigned kPerLane = FLASHSEEK_FP8_GROUP / kWarp;
-static_assert(FLASHSEEK_FP8_GROUP % kWarp == 0, "a warp covers a group in whole rounds");
+using flashseek::kWarp;
+constexpr unsigned kPerLane = flashseek::kGroupPerLane;
 static_assert(FLASHSEEK_ACT_QUANT_THREADS % kWarp == 0, "whole warps per block");
 
 // The code of `v` in a group of scale `scale`: `round_trip_group` of src/fp8.rs without the final
@@ -47,17 +45,7 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_ACT_QUANT_THREADS)
     const unsigned lane = threadIdx.x % kWarp;
 
     float v[kPerLane];
-    float amax = 0.0f;
-#pragma unroll
-    for (unsigned k = 0; k < kPerLane; ++k) {
-        const unsigned i = lane + k * kWarp;
-        v[k] = i < len ? x[i] : 0.0f;
-        // fmaxf ignores a NaN, as Rust's f32::max in the CPU's fold.
-        amax = fmaxf(amax, fabsf(v[k]));
-    }
-    for (unsigned offset = kWarp / 2; offset > 0; offset /= 2) {
-        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, offset));
-    }
+    const float amax = flashseek::load_group_amax(x, len, lane, v);
     const float scale = flashseek::group_scale(amax, p.ue8m0 != 0);
     // Groups are numbered row-major, as the scales are laid out.
     if (lane == 0) {

@@ -11,10 +11,8 @@ using flashseek::group_scale;
 using flashseek::kE4m3Max;
 using flashseek::round_e4m3;
 
-constexpr unsigned kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
-constexpr unsigned kPerLane = FLASHSEEK_FP8_GROUP / kWarp;
-static_assert(FLASHSEEK_FP8_GROUP % kWarp == 0, "a warp covers a group in whole rounds");
+using flashseek::kWarp;
+constexpr unsigned kPerLane = flashseek::kGroupPerLane;
 static_assert(FLASHSEEK_FP8_ROUND_THREADS % kWarp == 0, "whole warps per block");
 
 // `round_trip_group` of src/fp8.rs for one value. A NaN stays NaN here; the CPU's bit trick
@@ -46,17 +44,7 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_FP8_ROUND_THREADS) flashs
     const unsigned lane = threadIdx.x % kWarp;
 
     float v[kPerLane];
-    float amax = 0.0f;
-#pragma unroll
-    for (unsigned k = 0; k < kPerLane; ++k) {
-        const unsigned i = lane + k * kWarp;
-        v[k] = i < len ? x[i] : 0.0f;
-        // fmaxf ignores a NaN, as Rust's f32::max in the CPU's fold.
-        amax = fmaxf(amax, fabsf(v[k]));
-    }
-    for (unsigned offset = kWarp / 2; offset > 0; offset /= 2) {
-        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, offset));
-    }
+    const float amax = flashseek::load_group_amax(x, len, lane, v);
     const float scale = group_scale(amax, p.ue8m0 != 0);
 #pragma unroll
     for (unsigned k = 0; k < kPerLane; ++k) {
