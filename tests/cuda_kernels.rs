@@ -317,34 +317,49 @@ fn hadamard_matches_cpu() {
 }
 
 /// An f32 `[vocab, cols]` table on the CPU backend, as the model loads one.
-fn cpu_table(cpu: &CpuBackend, vocab: usize, cols: usize, data: &[f32]) -> <CpuBackend as Backend>::Linear {
-    let weight = HostTensor::from_f32("embed", vec![vocab, cols], data);
-    cpu.load_linear(&HostLinear { weight, scale_inv: None }).expect("cpu table")
-}
-
-#[test]
-fn embedding_matches_cpu() {
+/// `embedding` on both backends for a table of `fmt`: the GPU decodes rows to the CPU's bits.
+fn embedding_matches_cpu(op: &str, fmt: WeightFmt) {
     let Some(dev) = device() else { return };
     let cpu = CpuBackend::new();
     let strategy = (1usize..300, width_strategy(), 0usize..40, any::<u64>());
-    run("embedding", strategy, |(vocab, cols, n, seed), worst| {
+    run(op, strategy, |(vocab, cols, n, seed), worst| {
         let mut rng = Rng(seed);
-        let table = rng.with_specials(vocab * cols, -1.0, 1.0, 1e-3);
+        let (host, _) = random_linear(&mut rng, fmt, vocab, cols);
         // Repeats, and the first and last rows.
         let mut ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
         if n > 1 {
             ids[0] = 0;
             ids[n - 1] = vocab as u32 - 1;
         }
-        let t_dev = upload(dev, &table);
+        let t_dev = dev.load_linear(&host).expect("cuda load_linear");
         let mut out_dev = zeros::<f32>(dev, n * cols);
-        dev.embedding(&t_dev, vocab, cols, &ids, &mut out_dev).expect("cuda embedding");
+        dev.embedding(&t_dev, &ids, &mut out_dev).expect("cuda embedding");
         let got = download(dev, &out_dev, n * cols);
 
         let mut want = tensor(n, cols, vec![0.0; n * cols]);
-        cpu.embedding(&cpu_table(&cpu, vocab, cols, &table), &ids, &mut want).expect("cpu embedding");
-        compare("embedding", &format!("{n} ids of [{vocab}x{cols}]"), cols, &got, want.data(), |_| 0.0, worst)
+        cpu.embedding(&cpu.load_linear(&host).expect("cpu table"), &ids, &mut want).expect("cpu embedding");
+        compare(op, &format!("{n} ids of [{vocab}x{cols}]"), cols, &got, want.data(), |_| 0.0, worst)
     });
+}
+
+#[test]
+fn f32_embedding_matches_cpu() {
+    embedding_matches_cpu("embedding f32", WeightFmt::F32);
+}
+
+#[test]
+fn bf16_embedding_matches_cpu() {
+    embedding_matches_cpu("embedding bf16", WeightFmt::Bf16);
+}
+
+#[test]
+fn f16_embedding_matches_cpu() {
+    embedding_matches_cpu("embedding f16", WeightFmt::F16);
+}
+
+#[test]
+fn fp8_embedding_matches_cpu() {
+    embedding_matches_cpu("embedding e4m3", WeightFmt::Fp8);
 }
 
 #[test]
@@ -645,11 +660,12 @@ fn hadamard_rejects_bad_shapes() {
 #[test]
 fn embedding_rejects_bad_shapes() {
     let Some(dev) = device() else { return };
-    let (table, mut out) = (buf(dev, 12), buf(dev, 6));
-    assert!(dev.embedding(&table, 4, 3, &[1, 4], &mut out).is_err(), "id past the vocabulary");
-    assert!(dev.embedding(&table, 5, 3, &[1, 2], &mut out).is_err(), "table too short");
-    assert!(dev.embedding(&table, 4, 3, &[1, 2, 3], &mut out).is_err(), "out too short");
-    dev.embedding(&table, 4, 3, &[], &mut out).expect("no ids");
+    let weight = HostTensor::from_f32("embed", vec![4, 3], &[0.5; 12]);
+    let table = dev.load_linear(&HostLinear { weight, scale_inv: None }).expect("table");
+    let mut out = buf(dev, 6);
+    assert!(dev.embedding(&table, &[1, 4], &mut out).is_err(), "id past the vocabulary");
+    assert!(dev.embedding(&table, &[1, 2, 3], &mut out).is_err(), "out too short");
+    dev.embedding(&table, &[], &mut out).expect("no ids");
 }
 
 #[test]

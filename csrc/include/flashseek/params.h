@@ -82,10 +82,13 @@ typedef struct QuantParams {
 // Threads per block of the embedding kernel (one block per id).
 #define FLASHSEEK_EMBEDDING_THREADS 256
 
-// out[i, :] = table[ids[i], :] over n_ids ids, rows of `cols` values (embedding.cu). Ids at or
-// past `vocab` are skipped on the device: the host rejects them before launching.
+// out[i, :] = table[ids[i], :] over n_ids ids, rows of `cols` values decoded to f32
+// (embedding.cu): one kernel per table format (f32, bf16, f16, e4m3 codes with one scale per
+// 128x128 block in `scales`, rows of ceil(cols / 128)). Ids at or past `vocab` are skipped on
+// the device: the host rejects them before launching.
 typedef struct EmbeddingParams {
-    const float* table;
+    const void* table;
+    const float* scales;
     const unsigned int* ids;
     float* out;
     unsigned int n_ids;

@@ -22,7 +22,7 @@ use crate::model::weights::{blocks, DType, HostLinear};
 const _: () = assert!(FLASHSEEK_FP8_GROUP as usize == FP8_BLOCK);
 
 /// A weight in the format its checkpoint stores it; 16-bit formats as their bits.
-enum Weight {
+pub(super) enum Weight {
     F32(CudaSlice<f32>),
     Bf16(CudaSlice<u16>),
     F16(CudaSlice<u16>),
@@ -38,7 +38,7 @@ enum Weight {
 pub struct CudaLinear {
     rows: usize,
     cols: usize,
-    weight: Weight,
+    pub(super) weight: Weight,
 }
 
 impl CudaLinear {
