@@ -148,3 +148,44 @@ typedef struct GemmParams {
     unsigned int n;
     unsigned int k;
 } GemmParams;
+
+// The lightning indexer (csrc/sm90/indexer/indexer.cu). Logits: one block of
+// FLASHSEEK_INDEXER_THREADS threads scores FLASHSEEK_INDEXER_POSITIONS consecutive positions of
+// one query row; keys are at most FLASHSEEK_INDEXER_MAX_DIM wide (held in registers).
+#define FLASHSEEK_INDEXER_THREADS 256
+#define FLASHSEEK_INDEXER_POSITIONS 128
+#define FLASHSEEK_INDEXER_MAX_DIM 128
+// Top-k: one block of FLASHSEEK_INDEXER_TOPK_THREADS threads per query row.
+#define FLASHSEEK_INDEXER_TOPK_THREADS 512
+
+// Both indexer kernels run over the `n_rows` query rows listed in rows[0..n_rows] (indices into
+// pos, seq, q, weights and out); list entry r owns logits[r * stride ..][0..=pos]. Query row i
+// sits at position pos[i] (below 2^31 - 1) of sequence seq[i], whose position t is cache row
+// blocks[starts[seq[i]] + t / block_size] * block_size + t % block_size (the host checks that
+// every one the kernels read exists and lies in the cache).
+// - indexer_logits: logits[r, t] = sum over heads h, in order, of
+//   (weights[i, h] * weight_scale) * max(q[i, h, :] . cache[slot(t), :], 0) for t <= pos[i];
+//   the grid is n_rows * tiles blocks, tiles = ceil(stride / FLASHSEEK_INDEXER_POSITIONS).
+// - indexer_topk: out[i, 0..k] = the k positions of the largest logits of row r, ascending, ties
+//   to the earlier position; a row with pos[i] + 1 <= k gets 0..=pos[i] then -1s without reading
+//   logits (which may then be null). One block per list entry.
+typedef struct IndexerParams {
+    const float* q;
+    const float* weights;
+    const float* cache;
+    const unsigned int* blocks;
+    const unsigned int* starts;
+    const unsigned int* pos;
+    const unsigned int* seq;
+    const unsigned int* rows;
+    float* logits;
+    int* out;
+    unsigned int n_rows;
+    unsigned int tiles;
+    unsigned int stride;
+    unsigned int heads;
+    unsigned int dim;
+    unsigned int block_size;
+    unsigned int k;
+    float weight_scale;
+} IndexerParams;

@@ -12,6 +12,7 @@ mod argmax;
 mod elementwise;
 mod embedding;
 mod gemm;
+mod indexer;
 mod norm;
 mod quant;
 mod rope;
@@ -34,7 +35,7 @@ mod params {
     include!(concat!(env!("OUT_DIR"), "/params.rs"));
 }
 
-// SAFETY (all eight): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
+// SAFETY (all nine): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
 // checks it at compile time), holds only plain values and device pointers, and kernels take it by
 // value.
 unsafe impl DeviceRepr for params::NormParams {}
@@ -45,6 +46,7 @@ unsafe impl DeviceRepr for params::EmbeddingParams {}
 unsafe impl DeviceRepr for params::ArgmaxParams {}
 unsafe impl DeviceRepr for params::ActQuantParams {}
 unsafe impl DeviceRepr for params::GemmParams {}
+unsafe impl DeviceRepr for params::IndexerParams {}
 
 /// Every kernel of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashseek.fatbin"));
@@ -75,6 +77,8 @@ struct Kernels {
     gemm_wbf16: CudaFunction,
     gemm_wf16: CudaFunction,
     gemm_we4m3: CudaFunction,
+    indexer_logits: CudaFunction,
+    indexer_topk: CudaFunction,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
@@ -121,6 +125,8 @@ impl CudaDevice {
             gemm_wbf16: load("gemm_wbf16")?,
             gemm_wf16: load("gemm_wf16")?,
             gemm_we4m3: load("gemm_we4m3")?,
+            indexer_logits: load("indexer_logits")?,
+            indexer_topk: load("indexer_topk")?,
         };
         Ok(Self { stream: ctx.default_stream(), kernels })
     }
