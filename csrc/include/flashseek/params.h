@@ -189,3 +189,135 @@ typedef struct IndexerParams {
     unsigned int k;
     float weight_scale;
 } IndexerParams;
+
+// ---- The MLA family (csrc/sm90/mla/): the paged latent cache, absorption, attention ----
+
+// Threads per block of kv_copy (one block per copied row).
+#define FLASHSEEK_KV_COPY_THREADS 128
+
+// Row copies between packed rows and the paged cache (kv_copy.cu): for i < count,
+//   dst[pairs[2i + 1] * dst_stride + dst_col + c] = src[pairs[2i] * src_stride + src_col + c], c < n.
+// kv_store copies step rows to cache slots (the host keeps only the last row written to a slot,
+// so no two pairs share a destination row); kv_gather copies cache slots to packed rows.
+typedef struct KvCopyParams {
+    const float* src;
+    float* dst;
+    const unsigned* pairs;
+    unsigned count;
+    unsigned n;
+    unsigned src_stride;
+    unsigned src_col;
+    unsigned dst_stride;
+    unsigned dst_col;
+} KvCopyParams;
+
+// Formats of a linear weight read in place (kv_b in absorb.cu), as CudaLinear holds them.
+#define FLASHSEEK_WEIGHT_F32 0
+#define FLASHSEEK_WEIGHT_BF16 1
+#define FLASHSEEK_WEIGHT_F16 2
+#define FLASHSEEK_WEIGHT_E4M3 3
+
+// Each absorb block computes a FLASHSEEK_MLA_ABSORB_TILE-square tile of one head's product.
+#define FLASHSEEK_MLA_ABSORB_TILE 64
+#define FLASHSEEK_MLA_ABSORB_THREADS 256
+
+// kv_b ([heads * (nope + v), kv_lora], `format`; e4m3 codes with one scale per 128x128 block
+// in w_scales) absorbed per head h into (absorb.cu):
+// - absorb_q:   out[i, h, :kv_lora] = x[i, h, :nope] . W[h (nope + v) + n, c] over n, and
+//               out[i, h, kv_lora:] = x[i, h, nope:] (the rotary part, copied);
+//               x rows of heads * (nope + rope), out rows of heads * (kv_lora + rope).
+// - absorb_out: out[i, h, j] = x[i, h, :] . W[h (nope + v) + nope + j, :]; x rows of
+//               heads * kv_lora, out rows of heads * v.
+// Blocks are numbered head-major, then tiles_m x tiles_n tiles of 64 rows by 64 columns.
+typedef struct MlaAbsorbParams {
+    const float* x;
+    const void* w;
+    const float* w_scales;
+    float* out;
+    unsigned rows;
+    unsigned heads;
+    unsigned nope;
+    unsigned rope;
+    unsigned v;
+    unsigned kv_lora;
+    unsigned format;
+    unsigned tiles_m;
+    unsigned tiles_n;
+} MlaAbsorbParams;
+
+// Keys per step of the attention kernels: a tile of keys scored, then folded into the online
+// softmax at once.
+#define FLASHSEEK_MLA_TILE 16
+// mla_decode: one warp per head, FLASHSEEK_MLA_DECODE_HEADS heads per block, the latent row
+// (kv_lora + rope values) held across a warp's lanes, so at most FLASHSEEK_MLA_MAX_LATENT wide.
+#define FLASHSEEK_MLA_DECODE_HEADS 8
+#define FLASHSEEK_MLA_DECODE_THREADS 256
+#define FLASHSEEK_MLA_MAX_LATENT 576
+// Splits of a query's keys at most, and the combine kernel's threads (one block per row, head).
+#define FLASHSEEK_MLA_MAX_SPLITS 64
+#define FLASHSEEK_MLA_COMBINE_THREADS 128
+
+// Decode attention of absorbed queries over the paged latent cache (decode.cu). Query row i
+// (q: rows of heads * latent) is at position meta[i] of sequence meta[rows + i]; the block
+// tables follow: starts (n_starts values) at meta + 2 rows, then blocks (n_blocks values).
+// Position t of sequence s lives in cache row blocks[starts[s] + t / block_size] * block_size
+// + t % block_size (cache: rows of `latent`). Row i attends to positions 0..=pos, or (topk not
+// null) to the entries t of topk row i (topk_cols wide) with 0 <= t <= pos, duplicates counted
+// again. The keys (positions or top-k entries) are cut into `splits` chunks of `chunk`; one
+// block per (row, group of 8 heads, split), numbered row-major. With one split the block writes
+// out (rows of heads * kv_lora): per head the softmax-weighted latent, zeros where no key is
+// valid. Otherwise it writes its partials: part_stat[(row, head, split)] = (max, sum, keys) and
+// part_acc[(row, head, split), :kv_lora], and mla_decode_combine (one block per row and head)
+// merges the splits into out.
+typedef struct MlaDecodeParams {
+    const float* q;
+    const float* cache;
+    const unsigned* meta;
+    const int* topk;
+    float* out;
+    float* part_acc;
+    float* part_stat;
+    unsigned long long cache_rows;
+    unsigned rows;
+    unsigned heads;
+    unsigned kv_lora;
+    unsigned latent;
+    unsigned block_size;
+    unsigned n_starts;
+    unsigned n_blocks;
+    unsigned topk_cols;
+    unsigned splits;
+    unsigned chunk;
+    float scale;
+} MlaDecodeParams;
+
+// mla_prefill: one warp per query row, FLASHSEEK_MLA_PREFILL_ROWS rows of one sequence and one
+// head per block; a head's query (nope + rope) and value (v) each at most 256 wide.
+#define FLASHSEEK_MLA_PREFILL_ROWS 8
+#define FLASHSEEK_MLA_PREFILL_THREADS 256
+#define FLASHSEEK_MLA_PREFILL_MAX_QK 256
+#define FLASHSEEK_MLA_PREFILL_MAX_V 256
+
+// Prefill attention over expanded keys and values (prefill.cu): q rows of heads * (nope + rope),
+// kv rows of heads * (nope + v) (per head the no-position key, then the value), kpe rows of
+// rope (the shared rotary key), out rows of heads * v. Item k (items[4k .. 4k + 4]) is up to 8
+// query rows: the first one, how many, the kv row of position 0 of their sequence, and the
+// position of the first row; row j of the item at position pos attends to kv rows
+// kv_start + t for t in 0..=pos, or (topk not null) for the entries t of its topk row
+// (topk_cols wide, indexed by query row) with 0 <= t <= pos. One block per (item, head),
+// head fastest.
+typedef struct MlaPrefillParams {
+    const float* q;
+    const float* kv;
+    const float* kpe;
+    const unsigned* items;
+    const int* topk;
+    float* out;
+    unsigned n_items;
+    unsigned heads;
+    unsigned nope;
+    unsigned rope;
+    unsigned v;
+    unsigned topk_cols;
+    float scale;
+} MlaPrefillParams;

@@ -41,7 +41,29 @@ pub struct CudaLinear {
     pub(super) weight: Weight,
 }
 
+/// A [`CudaLinear`]'s weight, for kernels of other families that read it in place.
+pub(super) enum WeightView<'a> {
+    F32(&'a CudaSlice<f32>),
+    Bf16(&'a CudaSlice<u16>),
+    F16(&'a CudaSlice<u16>),
+    /// e4m3fn codes `[rows, cols]` with one scale per 128x128 block, `[blocks(rows), blocks(cols)]`.
+    Fp8 {
+        codes: &'a CudaSlice<u8>,
+        scales: &'a CudaSlice<f32>,
+    },
+}
+
 impl CudaLinear {
+    /// The weight's buffers, whose lengths `load_linear` checked against the shape.
+    pub(super) fn view(&self) -> WeightView<'_> {
+        match &self.weight {
+            Weight::F32(w) => WeightView::F32(w),
+            Weight::Bf16(w) => WeightView::Bf16(w),
+            Weight::F16(w) => WeightView::F16(w),
+            Weight::Fp8 { codes, scales } => WeightView::Fp8 { codes, scales },
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }

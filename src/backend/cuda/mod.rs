@@ -13,6 +13,7 @@ mod elementwise;
 mod embedding;
 mod gemm;
 mod indexer;
+mod mla;
 mod norm;
 mod quant;
 mod rope;
@@ -35,7 +36,7 @@ mod params {
     include!(concat!(env!("OUT_DIR"), "/params.rs"));
 }
 
-// SAFETY (all nine): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
+// SAFETY (all of them): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
 // checks it at compile time), holds only plain values and device pointers, and kernels take it by
 // value.
 unsafe impl DeviceRepr for params::NormParams {}
@@ -47,6 +48,10 @@ unsafe impl DeviceRepr for params::ArgmaxParams {}
 unsafe impl DeviceRepr for params::ActQuantParams {}
 unsafe impl DeviceRepr for params::GemmParams {}
 unsafe impl DeviceRepr for params::IndexerParams {}
+unsafe impl DeviceRepr for params::KvCopyParams {}
+unsafe impl DeviceRepr for params::MlaAbsorbParams {}
+unsafe impl DeviceRepr for params::MlaDecodeParams {}
+unsafe impl DeviceRepr for params::MlaPrefillParams {}
 
 /// Every kernel of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashseek.fatbin"));
@@ -79,6 +84,13 @@ struct Kernels {
     gemm_we4m3: CudaFunction,
     indexer_logits: CudaFunction,
     indexer_topk: CudaFunction,
+    kv_copy: CudaFunction,
+    absorb_q: CudaFunction,
+    absorb_out: CudaFunction,
+    mla_decode: CudaFunction,
+    mla_decode_combine: CudaFunction,
+    mla_prefill: CudaFunction,
+    mla_prefill_topk: CudaFunction,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
@@ -127,6 +139,13 @@ impl CudaDevice {
             gemm_we4m3: load("gemm_we4m3")?,
             indexer_logits: load("indexer_logits")?,
             indexer_topk: load("indexer_topk")?,
+            kv_copy: load("kv_copy")?,
+            absorb_q: load("absorb_q")?,
+            absorb_out: load("absorb_out")?,
+            mla_decode: load("mla_decode")?,
+            mla_decode_combine: load("mla_decode_combine")?,
+            mla_prefill: load("mla_prefill")?,
+            mla_prefill_topk: load("mla_prefill_topk")?,
         };
         Ok(Self { stream: ctx.default_stream(), kernels })
     }
