@@ -12,6 +12,7 @@ mod argmax;
 mod elementwise;
 mod embedding;
 mod gemm;
+mod moe;
 mod norm;
 mod quant;
 mod rope;
@@ -19,6 +20,7 @@ mod rope;
 use std::sync::Arc;
 
 pub use gemm::CudaLinear;
+pub use moe::{CudaExperts, MoeLayout};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -34,7 +36,7 @@ mod params {
     include!(concat!(env!("OUT_DIR"), "/params.rs"));
 }
 
-// SAFETY (all eight): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
+// SAFETY (all of them): each params struct is `#[repr(C)]` with the layout of its C struct (bindgen
 // checks it at compile time), holds only plain values and device pointers, and kernels take it by
 // value.
 unsafe impl DeviceRepr for params::NormParams {}
@@ -45,6 +47,10 @@ unsafe impl DeviceRepr for params::EmbeddingParams {}
 unsafe impl DeviceRepr for params::ArgmaxParams {}
 unsafe impl DeviceRepr for params::ActQuantParams {}
 unsafe impl DeviceRepr for params::GemmParams {}
+unsafe impl DeviceRepr for params::RouteParams {}
+unsafe impl DeviceRepr for params::MoeSortParams {}
+unsafe impl DeviceRepr for params::MoeGemmParams {}
+unsafe impl DeviceRepr for params::MoeCombineParams {}
 
 /// Every kernel of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashseek.fatbin"));
@@ -72,6 +78,16 @@ struct Kernels {
     gemm_wbf16: CudaFunction,
     gemm_wf16: CudaFunction,
     gemm_we4m3: CudaFunction,
+    route: CudaFunction,
+    moe_count: CudaFunction,
+    moe_offsets: CudaFunction,
+    moe_scatter: CudaFunction,
+    moe_combine: CudaFunction,
+    moe_gemm_fp8: CudaFunction,
+    moe_gemm_wf32: CudaFunction,
+    moe_gemm_wbf16: CudaFunction,
+    moe_gemm_wf16: CudaFunction,
+    moe_gemm_we4m3: CudaFunction,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
@@ -115,6 +131,16 @@ impl CudaDevice {
             gemm_wbf16: load("gemm_wbf16")?,
             gemm_wf16: load("gemm_wf16")?,
             gemm_we4m3: load("gemm_we4m3")?,
+            route: load("route")?,
+            moe_count: load("moe_count")?,
+            moe_offsets: load("moe_offsets")?,
+            moe_scatter: load("moe_scatter")?,
+            moe_combine: load("moe_combine")?,
+            moe_gemm_fp8: load("moe_gemm_fp8")?,
+            moe_gemm_wf32: load("moe_gemm_wf32")?,
+            moe_gemm_wbf16: load("moe_gemm_wbf16")?,
+            moe_gemm_wf16: load("moe_gemm_wf16")?,
+            moe_gemm_we4m3: load("moe_gemm_we4m3")?,
         };
         Ok(Self { stream: ctx.default_stream(), kernels })
     }
