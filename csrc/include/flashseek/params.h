@@ -321,3 +321,104 @@ typedef struct MlaPrefillParams {
     unsigned topk_cols;
     float scale;
 } MlaPrefillParams;
+
+// Rows (one warp each) per block of the route kernel, and the most experts it takes: each warp
+// keeps a row's biased scores and group scores in shared memory.
+#define FLASHSEEK_ROUTE_THREADS 128
+#define FLASHSEEK_ROUTE_MAX_EXPERTS 512
+
+// DeepSeek's `noaux_tc` router (csrc/sm90/moe/route.cu), over `rows` rows of `n_experts` router
+// logits: sigmoid scores, plus bias for the choice; groups of n_experts / n_group consecutive
+// experts ranked by the sum of their two best biased scores, the best topk_group kept; the
+// top_k best biased scores among the kept groups' experts, best first, into idx[row, :] with
+// their unbiased scores, divided by their sum (+ 1e-20) if normalize != 0, times scaling, into
+// weights[row, :]. Ties go to the lower index, as the CPU's scans.
+typedef struct RouteParams {
+    const float* logits;
+    const float* bias;
+    int* idx;
+    float* weights;
+    unsigned int rows;
+    unsigned int n_experts;
+    unsigned int n_group;
+    unsigned int topk_group;
+    unsigned int top_k;
+    unsigned int normalize;
+    float scaling;
+} RouteParams;
+
+// Threads per block of the MoE bookkeeping kernels (count, scatter, combine: grid-stride loops),
+// and of the offsets kernel (one block).
+#define FLASHSEEK_MOE_THREADS 256
+#define FLASHSEEK_MOE_SCAN_THREADS 1024
+
+// The routing of one moe_experts call (csrc/sm90/moe/moe.cu): n_assign = rows * top_k
+// assignments, assignment a = token * top_k + slot going to expert idx[a]; ids outside
+// 0 .. n_experts are skipped here (the combine kernel makes their tokens NaN).
+// - moe_count:   counts[e] += the assignments of expert e (counts zeroed before).
+// - moe_offsets: one block: offsets[e] = the exclusive prefix sum of counts (offsets[n_experts]
+//                = their total), cursor[e] = offsets[e], tile_starts[e] = the exclusive prefix
+//                sum of ceil(counts / FLASHSEEK_GEMM_TILE) (tile_starts[n_experts] = all tiles).
+// - moe_scatter: each assignment's id a into sorted[cursor[e]++]: expert e's assignments in
+//                sorted[offsets[e] .. offsets[e + 1]], in no particular order (the GEMMs' results
+//                do not depend on it).
+typedef struct MoeSortParams {
+    const int* idx;
+    unsigned int* counts;
+    unsigned int* offsets;
+    unsigned int* cursor;
+    unsigned int* tile_starts;
+    unsigned int* sorted;
+    unsigned int n_assign;
+    unsigned int n_experts;
+} MoeSortParams;
+
+// Assignments at most for the masked layout: each expert one tile of rows.
+#define FLASHSEEK_MOE_MASKED_MAX FLASHSEEK_GEMM_TILE
+
+// The grouped GEMMs of the routed experts (csrc/sm90/moe/moe_gemm.cu): for each of n_mats
+// matrices z (gate and up: 2; down: 1) and each assignment a of expert e,
+// out[z][a, :] = a_row(a) . B_z,e^T, where a_row(a) is row a / a_row_div of a (f32, or e4m3
+// codes with scales [.., ceil(k / 128)] in a_scales: the FP8 kernel) and B_z,e the [n, k] matrix
+// at b[z] + e * b_stride elements (FP8: its block scales at b_scales[z] + e * b_scale_stride).
+// Blocks are numbered ((z * m_tiles) + mt) * ceil(n / 64) + nt. An m tile is a list of at most 64
+// assignments of one expert:
+// - masked (n_assign <= FLASHSEEK_MOE_MASKED_MAX): m tile e is expert e's assignments, found in
+//   idx; m_tiles = n_experts.
+// - contiguous: m tile mt < tile_starts[n_experts] is the (mt - tile_starts[e])-th run of 64 of
+//   expert e's sorted assignments (moe_offsets, moe_scatter); m_tiles bounds the tiles, later
+//   blocks leave.
+typedef struct MoeGemmParams {
+    const void* a;
+    const float* a_scales;
+    const void* b[2];
+    const float* b_scales[2];
+    float* out[2];
+    const int* idx;
+    const unsigned int* sorted;
+    const unsigned int* offsets;
+    const unsigned int* tile_starts;
+    unsigned long long b_stride;
+    unsigned long long b_scale_stride;
+    unsigned int n_experts;
+    unsigned int n_assign;
+    unsigned int m_tiles;
+    unsigned int n;
+    unsigned int k;
+    unsigned int a_row_div;
+    unsigned int masked;
+} MoeGemmParams;
+
+// out[t, c] = sum over slots j ascending of weights[t, j] * y[t * top_k + j, c], rounded step by
+// step as the CPU sums (csrc/sm90/moe/moe.cu); 0 when top_k is 0, NaN across the row when one of
+// token t's ids is outside 0 .. n_experts. n = rows * cols.
+typedef struct MoeCombineParams {
+    const float* y;
+    const int* idx;
+    const float* weights;
+    float* out;
+    unsigned long long n;
+    unsigned int cols;
+    unsigned int top_k;
+    unsigned int n_experts;
+} MoeCombineParams;

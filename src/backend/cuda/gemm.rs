@@ -21,7 +21,8 @@ use crate::model::weights::{blocks, DType, HostLinear};
 // Activation groups and weight scale blocks are the checkpoint's FP8 block.
 const _: () = assert!(FLASHSEEK_FP8_GROUP as usize == FP8_BLOCK);
 
-/// A weight in the format its checkpoint stores it; 16-bit formats as their bits.
+/// A weight in the format its checkpoint stores it; 16-bit formats as their bits. The MoE family
+/// keeps all experts' matrices of one projection back to back in one of these.
 pub(super) enum Weight {
     F32(CudaSlice<f32>),
     Bf16(CudaSlice<u16>),
@@ -79,7 +80,7 @@ impl CudaLinear {
 
 /// `n` as a GEMM dimension: below 2^31, so that the kernels' u32 tile and k offsets (a dimension
 /// plus at most one 128-block) never wrap.
-fn dim(n: usize, op: &'static str, what: &str) -> Result<u32> {
+pub(super) fn dim(n: usize, op: &'static str, what: &str) -> Result<u32> {
     u32::try_from(n)
         .ok()
         .filter(|&d| d <= i32::MAX as u32)
@@ -87,14 +88,14 @@ fn dim(n: usize, op: &'static str, what: &str) -> Result<u32> {
 }
 
 /// Little-endian 16-bit values.
-fn u16s(bytes: &[u8]) -> Vec<u16> {
+pub(super) fn u16s(bytes: &[u8]) -> Vec<u16> {
     bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
 }
 
 impl CudaDevice {
     /// `data` in a new device buffer; an empty one gets a single default value, since the driver
     /// refuses to allocate 0 bytes (kernels read nothing of it then).
-    fn upload_nonempty<T: DeviceRepr + Default>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+    pub(super) fn upload_nonempty<T: DeviceRepr + Default>(&self, data: &[T]) -> Result<CudaSlice<T>> {
         if data.is_empty() {
             self.upload(&[T::default()])
         } else {

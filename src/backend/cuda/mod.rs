@@ -14,6 +14,7 @@ mod embedding;
 mod gemm;
 mod indexer;
 mod mla;
+mod moe;
 mod norm;
 mod quant;
 mod rope;
@@ -21,6 +22,7 @@ mod rope;
 use std::sync::Arc;
 
 pub use gemm::CudaLinear;
+pub use moe::{CudaExperts, MoeLayout};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -52,6 +54,10 @@ unsafe impl DeviceRepr for params::KvCopyParams {}
 unsafe impl DeviceRepr for params::MlaAbsorbParams {}
 unsafe impl DeviceRepr for params::MlaDecodeParams {}
 unsafe impl DeviceRepr for params::MlaPrefillParams {}
+unsafe impl DeviceRepr for params::RouteParams {}
+unsafe impl DeviceRepr for params::MoeSortParams {}
+unsafe impl DeviceRepr for params::MoeGemmParams {}
+unsafe impl DeviceRepr for params::MoeCombineParams {}
 
 /// Every kernel of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashseek.fatbin"));
@@ -91,6 +97,16 @@ struct Kernels {
     mla_decode_combine: CudaFunction,
     mla_prefill: CudaFunction,
     mla_prefill_topk: CudaFunction,
+    route: CudaFunction,
+    moe_count: CudaFunction,
+    moe_offsets: CudaFunction,
+    moe_scatter: CudaFunction,
+    moe_combine: CudaFunction,
+    moe_gemm_fp8: CudaFunction,
+    moe_gemm_wf32: CudaFunction,
+    moe_gemm_wbf16: CudaFunction,
+    moe_gemm_wf16: CudaFunction,
+    moe_gemm_we4m3: CudaFunction,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
@@ -146,6 +162,16 @@ impl CudaDevice {
             mla_decode_combine: load("mla_decode_combine")?,
             mla_prefill: load("mla_prefill")?,
             mla_prefill_topk: load("mla_prefill_topk")?,
+            route: load("route")?,
+            moe_count: load("moe_count")?,
+            moe_offsets: load("moe_offsets")?,
+            moe_scatter: load("moe_scatter")?,
+            moe_combine: load("moe_combine")?,
+            moe_gemm_fp8: load("moe_gemm_fp8")?,
+            moe_gemm_wf32: load("moe_gemm_wf32")?,
+            moe_gemm_wbf16: load("moe_gemm_wbf16")?,
+            moe_gemm_wf16: load("moe_gemm_wf16")?,
+            moe_gemm_we4m3: load("moe_gemm_we4m3")?,
         };
         Ok(Self { stream: ctx.default_stream(), kernels })
     }
