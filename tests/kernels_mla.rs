@@ -267,3 +267,27 @@ fn mla_prefill_bad_sequences_are_errors() {
         "kpe rows != kv rows"
     );
 }
+
+/// Dims with empty heads (no query, key/value or latent columns) are errors, not a division by
+/// zero.
+#[test]
+fn mla_empty_head_dims_are_errors() {
+    let b = CpuBackend::new();
+    let empty_qk = MlaDims { heads: 2, nope: 0, rope: 0, v: 3, kv_lora: 8 };
+    let q = tensor(1, 0, vec![]);
+    let kv = tensor(1, 2 * 3, vec![0.1; 6]);
+    let kpe = tensor(1, 0, vec![]);
+    let mut out = tensor(1, 2 * 3, vec![0.0; 6]);
+    let seq = [PrefillSeq { q_start: 0, q_len: 1, kv_start: 0, start_pos: 0 }];
+    assert!(b.mla_prefill(&q, &kv, &kpe, &seq, None, 0.5, empty_qk, &mut out).is_err(), "qk = 0");
+    let no_heads = MlaDims { heads: 0, ..empty_qk };
+    assert!(b.mla_prefill(&q, &kv, &kpe, &seq, None, 0.5, no_heads, &mut out).is_err(), "heads = 0");
+
+    let empty_latent = MlaDims { heads: 1, nope: 0, rope: 0, v: 1, kv_lora: 0 };
+    let q_lat = tensor(1, 0, vec![]);
+    let cache = tensor(64, 0, vec![]);
+    let mut out = tensor(1, 0, vec![]);
+    let pages = Pages { block_size: 64, blocks: &[0], starts: &[0, 1] };
+    let queries = Queries { pos: &[0], seq: &[0] };
+    assert!(b.mla_decode(&q_lat, &cache, queries, pages, None, 0.5, empty_latent, &mut out).is_err(), "latent = 0");
+}

@@ -226,7 +226,8 @@ pub fn mla_decode(
         q_lat.len() == m * d.heads * lat
             && out.len() == m * d.heads * d.kv_lora
             && queries.seq.len() == m
-            && pages.block_size > 0,
+            && pages.block_size > 0
+            && lat > 0,
         "mla_decode",
         || format!("q_lat {} values, out {} for {m} rows, dims {d:?}", q_lat.len(), out.len()),
     )?;
@@ -333,6 +334,7 @@ pub fn mla_prefill(
     out: &mut [f32],
 ) -> Result<()> {
     let (qk, kvw) = (d.qk(), d.nope + d.v);
+    ensure_shape(d.heads > 0 && qk > 0 && kvw > 0, "mla_prefill", || format!("empty heads in dims {d:?}"))?;
     let t_rows = q.len() / (d.heads * qk);
     let kv_rows = kv.len() / (d.heads * kvw);
     ensure_shape(

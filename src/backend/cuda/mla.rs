@@ -360,8 +360,8 @@ impl CudaDevice {
             format!("{rows} rows, {} positions, {} sequences", queries.pos.len(), queries.seq.len())
         })?;
         let [heads, _, _, _, kv_lora] = mla_dims(d, OP)?;
-        ensure_shape(lat <= FLASHSEEK_MLA_MAX_LATENT as usize, OP, || {
-            format!("latent width {lat} exceeds the kernel's {FLASHSEEK_MLA_MAX_LATENT}")
+        ensure_shape(lat > 0 && lat <= FLASHSEEK_MLA_MAX_LATENT as usize, OP, || {
+            format!("latent width {lat}: the kernel takes 1 to {FLASHSEEK_MLA_MAX_LATENT}")
         })?;
         let (q_ptr, _q) = self.input(q_lat, product(rows, d.heads * lat, OP)?, OP, "q_lat")?;
         let (cache_ptr, _cache) = self.input(cache, product(cache_rows, lat, OP)?, OP, "cache")?;
@@ -465,6 +465,8 @@ impl CudaDevice {
         const OP: &str = "mla_prefill";
         let d = dims;
         let [heads, nope, rope, v, _] = mla_dims(d, OP)?;
+        // As the CPU: heads with no query or key/value columns are malformed dims.
+        ensure_shape(heads > 0 && d.qk() > 0 && d.nope + d.v > 0, OP, || format!("empty heads in dims {d:?}"))?;
         ensure_shape(
             d.qk() <= FLASHSEEK_MLA_PREFILL_MAX_QK as usize && d.v <= FLASHSEEK_MLA_PREFILL_MAX_V as usize,
             OP,
