@@ -1,6 +1,6 @@
 //! Build script: stamps the binary with the source revision it was built from and, with the
-//! `cuda` feature, builds the kernels: every `.cu` under `csrc/` through nvcc into one fatbin for
-//! sm_90a (OUT_DIR/flashseek.fatbin, embedded by `backend::cuda`), and the Rust mirror of
+//! `cuda` feature, builds the kernels: every `.cu` under `csrc/` through nvcc into an sm_90a cubin
+//! (OUT_DIR/cubin/, listed in OUT_DIR/cubins.rs, embedded by `backend::cuda`), and the Rust mirror of
 //! `csrc/include/flashseek/params.h` (OUT_DIR/params.rs, through bindgen).
 
 use std::process::Command;
@@ -114,7 +114,7 @@ mod kernels {
             return Err(errors.join("\n"));
         }
 
-        fatbin(&nvcc, &jobs, &out.join("flashseek.fatbin"))?;
+        cubin_index(&csrc, &jobs, &out.join("cubins.rs"))?;
         params(&include.join("flashseek/params.h"), &out.join("params.rs"))
     }
 
@@ -201,19 +201,18 @@ mod kernels {
             .unwrap_or(0)
     }
 
-    /// Combines the cubins into one fatbin with `fatbinary`, which sits next to nvcc.
-    fn fatbin(nvcc: &Path, jobs: &[Job], out: &Path) -> Result<(), String> {
-        let tool = nvcc.with_file_name("fatbinary");
-        let mut cmd = Command::new(&tool);
-        cmd.arg("-64").arg(format!("--create={}", out.display()));
+    /// `OUT_DIR/cubins.rs`: every cubin embedded with the path of its source. The driver takes
+    /// one image per module (a fatbin of several sm_90a cubins would load only one of them), so
+    /// each cubin is loaded as its own module.
+    fn cubin_index(csrc: &Path, jobs: &[Job], out: &Path) -> Result<(), String> {
+        let mut rs = String::from("/// Every kernel file of `csrc/` compiled for sm_90a: (source, cubin).\n");
+        rs.push_str("static CUBINS: &[(&str, &[u8])] = &[\n");
         for job in jobs {
-            cmd.arg(format!("--image3=kind=elf,sm=90a,file={}", job.cubin.display()));
+            let src = job.src.strip_prefix(csrc).unwrap_or(&job.src);
+            rs.push_str(&format!("    ({:?}, include_bytes!({:?})),\n", src.display().to_string(), job.cubin));
         }
-        let output = cmd.output().map_err(|e| format!("running {}: {e}", tool.display()))?;
-        if !output.status.success() {
-            return Err(format!("fatbinary failed:\n{}", String::from_utf8_lossy(&output.stderr)));
-        }
-        Ok(())
+        rs.push_str("];\n");
+        fs::write(out, rs).map_err(|e| format!("{}: {e}", out.display()))
     }
 
     /// The params structs and their constants as Rust, with bindgen's layout tests.

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use flashseek::backend::{Backend, CpuBackend};
+use flashseek::backend::device::{Device, Loader, ModelTask};
+use flashseek::backend::Backend;
 use flashseek::engine::{self, EngineConfig, FinishReason, Request, SamplingParams};
 use flashseek::kv_cache::BLOCK_SIZE;
 use flashseek::metrics::Metrics;
 use flashseek::model::config::ModelConfig;
-use flashseek::model::{ActQuant, Logits, Model, SeqInput};
+use flashseek::model::{Logits, Model, SeqInput};
 use flashseek::server::{
     self,
     launch::{self, ActQuantArg, ServeArgs},
@@ -47,6 +48,19 @@ struct ModelArgs {
     token_ids: Vec<u32>,
     #[arg(long, value_enum, default_value = "fp8")]
     act_quant: ActQuantArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
+}
+
+impl ModelArgs {
+    fn loader(&self) -> Loader {
+        Loader { device: self.device, act: self.act_quant.into(), deterministic: false }
+    }
+
+    /// Loads the model on its device and runs `task` on it.
+    fn run<T: ModelTask>(&self, task: T) -> anyhow::Result<T::Output> {
+        Ok(self.loader().run(&bundled::resolve(self.model_path.as_deref())?, task)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -98,42 +112,54 @@ enum BenchCommand {
     Offline(Box<bench::OfflineArgs>),
 }
 
-fn load(args: &ModelArgs) -> anyhow::Result<Model<CpuBackend>> {
-    let model = Model::load(CpuBackend::new(), &bundled::resolve(args.model_path.as_deref())?, args.act_quant.into())?;
-    Ok(model)
+/// `flashseek logits`: every position's logits (and hidden states) into a safetensors file.
+struct LogitsTask<'a> {
+    ids: &'a [u32],
+    decode: bool,
+    with_hidden: bool,
+    out: &'a Path,
 }
 
-fn logits(args: &ModelArgs, decode: bool, with_hidden: bool, out: &Path) -> anyhow::Result<()> {
-    let mut model = load(args)?;
-    let ids = &args.token_ids;
-    let mut cache = model.new_cache(ids.len().div_ceil(BLOCK_SIZE))?;
-    let mut table = Vec::new();
-    cache.reserve(&mut table, ids.len())?;
-    let vocab = model.config().vocab_size;
-    let mut logits = Vec::with_capacity(ids.len() * vocab);
-    let mut hidden: Vec<Vec<f32>> = Vec::new();
-    let chunks: Vec<&[u32]> = if decode { ids.chunks(1).collect() } else { vec![ids] };
-    let mut start_pos = 0;
-    for chunk in chunks {
-        let batch = [SeqInput { tokens: chunk, start_pos, block_table: &table, logits: Logits::All }];
-        if with_hidden {
-            let h = model.forward_with_hidden(&batch, &mut cache)?;
-            hidden.resize(h.len(), Vec::new());
-            for (acc, h) in hidden.iter_mut().zip(h) {
-                acc.extend(h);
+impl ModelTask for LogitsTask<'_> {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, mut model: Model<B>) -> flashseek::error::Result<Self::Output> {
+        Ok(self.logits(&mut model))
+    }
+}
+
+impl LogitsTask<'_> {
+    fn logits<B: Backend>(&self, model: &mut Model<B>) -> anyhow::Result<()> {
+        let ids = self.ids;
+        let mut cache = model.new_cache(ids.len().div_ceil(BLOCK_SIZE))?;
+        let mut table = Vec::new();
+        cache.reserve(&mut table, ids.len())?;
+        let vocab = model.config().vocab_size;
+        let mut logits = Vec::with_capacity(ids.len() * vocab);
+        let mut hidden: Vec<Vec<f32>> = Vec::new();
+        let chunks: Vec<&[u32]> = if self.decode { ids.chunks(1).collect() } else { vec![ids] };
+        let mut start_pos = 0;
+        for chunk in chunks {
+            let batch = [SeqInput { tokens: chunk, start_pos, block_table: &table, logits: Logits::All }];
+            if self.with_hidden {
+                let h = model.forward_with_hidden(&batch, &mut cache)?;
+                hidden.resize(h.len(), Vec::new());
+                for (acc, h) in hidden.iter_mut().zip(h) {
+                    acc.extend(h);
+                }
+            } else {
+                model.forward(&batch, &mut cache)?;
             }
-        } else {
-            model.forward(&batch, &mut cache)?;
+            logits.extend(model.backend().read(model.logits())?);
+            start_pos += chunk.len();
         }
-        logits.extend(model.backend().read(model.logits())?);
-        start_pos += chunk.len();
+        let d = model.config().hidden_size;
+        let mut tensors = vec![("logits".to_string(), vec![ids.len(), vocab], logits)];
+        for (i, h) in hidden.into_iter().enumerate() {
+            tensors.push((format!("hidden.{i}"), vec![ids.len(), d], h));
+        }
+        write_safetensors(self.out, tensors)
     }
-    let d = model.config().hidden_size;
-    let mut tensors = vec![("logits".to_string(), vec![ids.len(), vocab], logits)];
-    for (i, h) in hidden.into_iter().enumerate() {
-        tensors.push((format!("hidden.{i}"), vec![ids.len(), d], h));
-    }
-    write_safetensors(out, tensors)
 }
 
 fn write_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> anyhow::Result<()> {
@@ -147,54 +173,71 @@ fn write_safetensors(path: &Path, tensors: Vec<(String, Vec<usize>, Vec<f32>)>) 
     std::fs::write(path, data).with_context(|| path.display().to_string())
 }
 
-fn generate(args: &ModelArgs, max_new: usize, ignore_eos: bool) -> anyhow::Result<()> {
-    let mut model = load(args)?;
-    let prompt = &args.token_ids;
-    let total = prompt.len() + max_new;
-    if total > model.config().max_position_embeddings {
-        bail!(
-            "prompt ({}) + max-new-tokens ({max_new}) exceed the model's context of {}",
-            prompt.len(),
-            model.config().max_position_embeddings
-        );
+/// `flashseek generate --token-ids`: greedy generation, the ids printed.
+struct GenerateTask<'a> {
+    prompt: &'a [u32],
+    max_new: usize,
+    ignore_eos: bool,
+}
+
+impl ModelTask for GenerateTask<'_> {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, mut model: Model<B>) -> flashseek::error::Result<Self::Output> {
+        Ok(self.generate(&mut model))
     }
-    let mut cache = model.new_cache(total.div_ceil(BLOCK_SIZE))?;
-    let mut table = Vec::new();
-    cache.reserve(&mut table, total)?;
-    let eos = model.config().eos_token_ids.clone();
-    let mut generated: Vec<u32> = Vec::with_capacity(max_new);
-    let started = Instant::now();
-    let mut first_token = None;
-    let mut next = prompt.as_slice();
-    let mut start_pos = 0;
-    let mut last = [0u32];
-    while generated.len() < max_new {
-        let batch = [SeqInput { tokens: next, start_pos, block_table: &table, logits: Logits::Last }];
-        model.forward(&batch, &mut cache)?;
-        start_pos += next.len();
-        last[0] = model.argmax()?[0];
-        generated.push(last[0]);
-        first_token.get_or_insert_with(|| started.elapsed());
-        if !ignore_eos && eos.contains(&last[0]) {
-            break;
+}
+
+impl GenerateTask<'_> {
+    fn generate<B: Backend>(&self, model: &mut Model<B>) -> anyhow::Result<()> {
+        let (prompt, max_new, ignore_eos) = (self.prompt, self.max_new, self.ignore_eos);
+        let total = prompt.len() + max_new;
+        if total > model.config().max_position_embeddings {
+            bail!(
+                "prompt ({}) + max-new-tokens ({max_new}) exceed the model's context of {}",
+                prompt.len(),
+                model.config().max_position_embeddings
+            );
         }
-        next = &last;
+        let mut cache = model.new_cache(total.div_ceil(BLOCK_SIZE))?;
+        let mut table = Vec::new();
+        cache.reserve(&mut table, total)?;
+        let eos = model.config().eos_token_ids.clone();
+        let mut generated: Vec<u32> = Vec::with_capacity(max_new);
+        let started = Instant::now();
+        let mut first_token = None;
+        let mut next = prompt;
+        let mut start_pos = 0;
+        let mut last = [0u32];
+        while generated.len() < max_new {
+            let batch = [SeqInput { tokens: next, start_pos, block_table: &table, logits: Logits::Last }];
+            model.forward(&batch, &mut cache)?;
+            start_pos += next.len();
+            last[0] = model.argmax()?[0];
+            generated.push(last[0]);
+            first_token.get_or_insert_with(|| started.elapsed());
+            if !ignore_eos && eos.contains(&last[0]) {
+                break;
+            }
+            next = &last;
+        }
+        let total_time = started.elapsed();
+        let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
+        println!("{}", ids.join(","));
+        let ttft = first_token.unwrap_or(total_time);
+        let decode_tokens = generated.len().saturating_sub(1);
+        let decode_rate =
+            if decode_tokens > 0 { decode_tokens as f64 / (total_time - ttft).as_secs_f64() } else { 0.0 };
+        eprintln!(
+            "{}: prompt {} tokens, generated {}; first token {:.1} ms, decode {:.1} tokens/s",
+            model.backend().name(),
+            prompt.len(),
+            generated.len(),
+            ttft.as_secs_f64() * 1e3,
+            decode_rate
+        );
+        Ok(())
     }
-    let total_time = started.elapsed();
-    let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
-    println!("{}", ids.join(","));
-    let ttft = first_token.unwrap_or(total_time);
-    let decode_tokens = generated.len().saturating_sub(1);
-    let decode_rate = if decode_tokens > 0 { decode_tokens as f64 / (total_time - ttft).as_secs_f64() } else { 0.0 };
-    eprintln!(
-        "{}: prompt {} tokens, generated {}; first token {:.1} ms, decode {:.1} tokens/s",
-        model.backend().name(),
-        prompt.len(),
-        generated.len(),
-        ttft.as_secs_f64() * 1e3,
-        decode_rate
-    );
-    Ok(())
 }
 
 /// Options of text generation (`generate --prompt`).
@@ -247,13 +290,7 @@ fn generate_text(
         context_length: Some(ids.len() + max_new),
         ..EngineConfig::default()
     };
-    let (path, act) = (model_path, ActQuant::from(args.act_quant));
-    let engine = engine::start(
-        move || Model::load(CpuBackend::new(), &path, act),
-        tokenizer,
-        engine_config,
-        Arc::new(Metrics::default()),
-    )?;
+    let engine = engine::start_on(args.loader(), model_path, tokenizer, engine_config, Arc::new(Metrics::default()))?;
     let params = SamplingParams {
         max_new_tokens: max_new,
         temperature: opts.temperature,
@@ -300,12 +337,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
     }
     match cli.command {
-        Command::Logits { model, decode, hidden, out } => logits(&model, decode, hidden, &out),
+        Command::Logits { model, decode, hidden, out } => {
+            model.run(LogitsTask { ids: &model.token_ids, decode, with_hidden: hidden, out: &out })?
+        }
         Command::Generate { model, prompt: Some(prompt), text, max_new_tokens, ignore_eos } => {
             generate_text(&model, &prompt, &text, max_new_tokens, ignore_eos)
         }
         Command::Generate { model, prompt: None, max_new_tokens, ignore_eos, .. } => {
-            generate(&model, max_new_tokens, ignore_eos)
+            model.run(GenerateTask { prompt: &model.token_ids, max_new: max_new_tokens, ignore_eos })?
         }
         Command::Serve(args) => serve(&args),
         Command::Bench(BenchCommand::Serve(args)) => bench::run_serve(&args).map(drop),

@@ -235,11 +235,24 @@ fn serve_refuses_unsupported_setups() {
     let m = model();
     fail(&["serve", "--model-path", &m, "--tp", "2"], &["--tp", "not supported"]);
     fail(&["serve", "--model-path", &m, "--enable-dp-attention"], &["--enable-dp-attention"]);
-    fail(&["serve", "--model-path", &m, "--device", "cuda"], &["cuda"]);
     fail(&["serve", "--model-path", &m, "--port", "0", "--mem-fraction-static", "0"], &["--mem-fraction-static"]);
     let no_tokenizer = common::fixture("odd-v32-fp8").display().to_string();
     fail(&["serve", "--model-path", &no_tokenizer], &["tokenizer.json"]);
     fail(&["serve", "--model-path", &m, "--chat-template", "/no/such/template.jinja"], &["/no/such/template.jinja"]);
+}
+
+/// `--device cuda` on a binary built without the `cuda` feature: one error line saying how to
+/// build one, from every command that loads a model, before any loading.
+#[test]
+#[cfg(not(feature = "cuda"))]
+fn device_cuda_needs_a_cuda_build() {
+    let m = model();
+    let build = ["--device cuda", "--features cuda"];
+    fail(&["serve", "--model-path", &m, "--device", "cuda"], &build);
+    fail(&["logits", "--model-path", &m, "--token-ids", "1,2", "--out", "/dev/null", "--device", "cuda"], &build);
+    fail(&["generate", "--model-path", &m, "--token-ids", "1,2", "--device", "cuda"], &build);
+    fail(&["generate", "--model-path", &m, "--prompt", "hi", "--device", "cuda"], &build);
+    fail(&["bench", "offline", "--model-path", &m, "--num-prompts", "1", "--device", "cuda"], &build);
 }
 
 #[test]

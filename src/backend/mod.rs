@@ -8,6 +8,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device;
 
 use crate::error::{Error, Result};
 use crate::fp8::ScaleFmt;

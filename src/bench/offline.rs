@@ -10,11 +10,11 @@ use anyhow::bail;
 use serde::Serialize;
 
 use super::dataset::{random_requests, Prompt, RandomSpec};
-use crate::backend::CpuBackend;
+use crate::backend::device::{Device, Loader};
 use crate::engine::{self, EngineConfig, FinishReason, Request, SamplingParams};
 use crate::metrics::Metrics;
 use crate::model::config::ModelConfig;
-use crate::model::{ActQuant, Model};
+use crate::model::ActQuant;
 use crate::server::launch::ActQuantArg;
 use crate::tokenizer::Tokenizer;
 
@@ -43,6 +43,8 @@ pub struct OfflineArgs {
     pub max_total_tokens: Option<usize>,
     #[arg(long, default_value = "fp8")]
     pub act_quant: ActQuantArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,13 +80,8 @@ pub fn run_offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
         context_length: Some(longest.max(args.random_input_len + args.random_output_len)),
         ..EngineConfig::default()
     };
-    let (path, act) = (model_path, ActQuant::from(args.act_quant));
-    let engine = engine::start(
-        move || Model::load(CpuBackend::new(), &path, act),
-        tokenizer,
-        engine_config,
-        Arc::new(Metrics::default()),
-    )?;
+    let loader = Loader { device: args.device, act: ActQuant::from(args.act_quant), deterministic: false };
+    let engine = engine::start_on(loader, model_path, tokenizer, engine_config, Arc::new(Metrics::default()))?;
     let mut requests = Vec::with_capacity(workload.len());
     for r in &workload {
         let Prompt::Ids(ids) = &r.prompt else { bail!("the random workload holds a text prompt") };

@@ -12,6 +12,7 @@ mod prefix_cache;
 mod sampler;
 mod stop;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub use self::core::EngineConfig;
 pub use params::{SamplingParams, MAX_TOP_LOGPROBS};
 pub use sampler::TokenLogprob;
 
+use crate::backend::device::{Loader, ModelTask};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -146,24 +148,61 @@ where
     B: Backend + 'static,
     F: FnOnce() -> Result<Model<B>> + Send + 'static,
 {
+    spawn(tokenizer, config, metrics, move |task| load().and_then(|model| task.run(model)))
+}
+
+/// Starts the engine thread on the model at `dir`, which `loader` loads there on its device.
+pub fn start_on(
+    loader: Loader,
+    dir: PathBuf,
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+) -> Result<EngineHandle> {
+    loader.check()?;
+    spawn(tokenizer, config, metrics, move |task| loader.run(&dir, task))
+}
+
+/// What the engine thread does with its model: build the core, say it is ready, run it.
+struct RunCore {
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    rx: Receiver<Command>,
+    ready: Sender<Result<EngineInfo>>,
+}
+
+impl ModelTask for RunCore {
+    type Output = ();
+
+    fn run<B: Backend>(self, model: Model<B>) -> Result<()> {
+        let mut core = core::Core::new(model, self.tokenizer, self.config, self.metrics, self.rx)?;
+        if self.ready.send(Ok(core.info().clone())).is_ok() {
+            core.run();
+        }
+        Ok(())
+    }
+}
+
+/// Spawns the engine thread, which hands `body` the task that runs the core on a loaded model,
+/// and waits until the core is running or loading failed.
+fn spawn(
+    tokenizer: Arc<Tokenizer>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    body: impl FnOnce(RunCore) -> Result<()> + Send + 'static,
+) -> Result<EngineHandle> {
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let alive = Arc::new(AtomicBool::new(true));
     let guard = AliveGuard(Arc::clone(&alive));
+    let task = RunCore { tokenizer, config, metrics, rx, ready: ready_tx.clone() };
     std::thread::Builder::new()
         .name("flashseek-engine".into())
         .spawn(move || {
             let _guard = guard;
-            let core = load().and_then(|model| core::Core::new(model, tokenizer, config, metrics, rx));
-            match core {
-                Ok(mut core) => {
-                    if ready_tx.send(Ok(core.info().clone())).is_ok() {
-                        core.run();
-                    }
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
+            if let Err(e) = body(task) {
+                let _ = ready_tx.send(Err(e));
             }
         })
         .map_err(|e| Error::Input(format!("cannot start the engine thread: {e}")))?;

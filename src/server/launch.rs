@@ -7,19 +7,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use super::{AppState, SamplingDefaults, Server};
-use crate::backend::CpuBackend;
+use crate::backend::device::{Device, Loader};
 use crate::bundled;
 use crate::engine::{self, EngineConfig};
 use crate::metrics::Metrics;
 use crate::model::config::ModelConfig;
-use crate::model::{ActQuant, Model};
+use crate::model::ActQuant;
 use crate::tokenizer::{ChatFormat, ReasoningFormat, Tokenizer};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Device {
-    Cpu,
-    Cuda,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolCallParserArg {
@@ -141,13 +135,13 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
         mem_fraction_static: args.mem_fraction_static,
         context_length: args.context_length,
     };
-    let (path, act) = (model_path.clone(), ActQuant::from(args.act_quant));
-    let deterministic = args.enable_deterministic_inference;
-    let load = move || {
-        let backend = if deterministic { CpuBackend::batch_invariant() } else { CpuBackend::new() };
-        Model::load(backend, &path, act)
+    let loader = Loader {
+        device: args.device,
+        act: ActQuant::from(args.act_quant),
+        deterministic: args.enable_deterministic_inference,
     };
-    let handle = engine::start(load, Arc::clone(&tokenizer), engine_config, Arc::clone(&metrics))?;
+    let handle =
+        engine::start_on(loader, model_path.clone(), Arc::clone(&tokenizer), engine_config, Arc::clone(&metrics))?;
     let info = handle.info().clone();
     let state = AppState {
         engine: handle,
@@ -181,9 +175,6 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
 }
 
 fn check_supported(args: &ServeArgs) -> anyhow::Result<()> {
-    if args.device == Device::Cuda {
-        bail!("--device cuda: this build has no CUDA backend yet; use --device cpu");
-    }
     for (flag, v) in [("--tp", args.tp), ("--dp", args.dp), ("--ep", args.ep)] {
         if v == 0 {
             bail!("{flag} must be at least 1");

@@ -2,6 +2,8 @@
 //! readers for the reference fixtures in `tests/fixtures`.
 #![allow(dead_code)]
 
+pub mod fixture_checks;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -174,18 +176,22 @@ use flashseek::kv_cache::{KvCache, BLOCK_SIZE};
 use flashseek::model::{ActQuant, Logits, Model, SeqInput};
 
 pub fn load_model(name: &str, act: ActQuant) -> Model<CpuBackend> {
-    Model::load(CpuBackend::new(), &fixture(name), act).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    load_model_on(CpuBackend::new(), name, act)
+}
+
+pub fn load_model_on<B: Backend>(backend: B, name: &str, act: ActQuant) -> Model<B> {
+    Model::load(backend, &fixture(name), act).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 /// One sequence of its own cache, fed chunk by chunk.
-pub struct Session {
-    pub cache: KvCache<CpuBackend>,
+pub struct Session<B: Backend> {
+    pub cache: KvCache<B>,
     pub table: Vec<u32>,
     pub len: usize,
 }
 
-impl Session {
-    pub fn new(model: &Model<CpuBackend>, capacity: usize) -> Self {
+impl<B: Backend> Session<B> {
+    pub fn new(model: &Model<B>, capacity: usize) -> Self {
         let mut cache = model.new_cache(capacity.div_ceil(BLOCK_SIZE)).unwrap();
         let mut table = Vec::new();
         cache.reserve(&mut table, capacity).unwrap();
@@ -193,7 +199,7 @@ impl Session {
     }
 
     /// Appends `tokens` and returns the logits asked for.
-    pub fn feed(&mut self, model: &mut Model<CpuBackend>, tokens: &[u32], logits: Logits) -> Vec<f32> {
+    pub fn feed(&mut self, model: &mut Model<B>, tokens: &[u32], logits: Logits) -> Vec<f32> {
         let batch = [SeqInput { tokens, start_pos: self.len, block_table: &self.table, logits }];
         model.forward(&batch, &mut self.cache).unwrap();
         self.len += tokens.len();
@@ -202,7 +208,7 @@ impl Session {
 }
 
 /// Logits of every position of `ids`: one prefill pass, or one token at a time.
-pub fn logits_of(model: &mut Model<CpuBackend>, ids: &[u32], decode: bool) -> Vec<f32> {
+pub fn logits_of<B: Backend>(model: &mut Model<B>, ids: &[u32], decode: bool) -> Vec<f32> {
     let mut s = Session::new(model, ids.len());
     if decode {
         ids.iter().flat_map(|t| s.feed(model, std::slice::from_ref(t), Logits::All)).collect()
@@ -213,8 +219,8 @@ pub fn logits_of(model: &mut Model<CpuBackend>, ids: &[u32], decode: bool) -> Ve
 
 /// `prompt` in one prefill, then `forced` one token at a time (teacher forcing): the prompt's
 /// logits as `prompt_logits` asks, then one row after each forced token.
-pub fn teacher_forced(
-    model: &mut Model<CpuBackend>,
+pub fn teacher_forced<B: Backend>(
+    model: &mut Model<B>,
     prompt: &[u32],
     forced: &[u32],
     prompt_logits: Logits,

@@ -1,4 +1,4 @@
-//! The CUDA backend's kernels: a device with every kernel of `csrc/` loaded from the fatbin that
+//! The CUDA backend's kernels: a device with every kernel of `csrc/` loaded from the cubins that
 //! build.rs compiled for sm_90a and embedded here, and one module per kernel family of safe
 //! launchers over device buffers. A launcher checks its shapes against the buffers (an error,
 //! never a panic) and queues the kernel on the device's stream: a fault inside a kernel shows at
@@ -9,6 +9,7 @@
 //! first `rows * cols` values are read or written.
 
 mod argmax;
+mod backend;
 mod elementwise;
 mod embedding;
 mod gemm;
@@ -21,6 +22,7 @@ mod rope;
 
 use std::sync::Arc;
 
+pub use backend::CudaBackend;
 pub use gemm::CudaLinear;
 pub use moe::{CudaExperts, MoeLayout};
 
@@ -59,8 +61,8 @@ unsafe impl DeviceRepr for params::MoeSortParams {}
 unsafe impl DeviceRepr for params::MoeGemmParams {}
 unsafe impl DeviceRepr for params::MoeCombineParams {}
 
-/// Every kernel of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
-static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flashseek.fatbin"));
+// Every kernel file of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
+include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
 
 fn driver(what: &str, e: cudarc::driver::DriverError) -> Error {
     Error::Input(format!("CUDA {what}: {e}"))
@@ -126,11 +128,20 @@ impl CudaDevice {
             ));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| driver(&format!("device {ordinal}"), e))?;
-        let module = ctx
-            .load_module(Ptx::from_binary(FATBIN.to_vec()))
-            .map_err(|e| driver("loading the kernels (sm_90a)", e))?;
+        // One module per cubin: the driver loads a single image of a module.
+        let modules = CUBINS
+            .iter()
+            .map(|(src, cubin)| {
+                ctx.load_module(Ptx::from_binary(cubin.to_vec()))
+                    .map_err(|e| driver(&format!("loading the kernels of {src} (sm_90a)"), e))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let load = |name: &str| {
-            module.load_function(&format!("flashseek_{name}_f32")).map_err(|e| driver(&format!("kernel {name}"), e))
+            let symbol = format!("flashseek_{name}_f32");
+            modules
+                .iter()
+                .find_map(|m| m.load_function(&symbol).ok())
+                .ok_or_else(|| Error::Input(format!("CUDA kernel {symbol}: in none of the embedded cubins")))
         };
         let kernels = Kernels {
             rms_norm: load("rms_norm")?,
@@ -176,6 +187,11 @@ impl CudaDevice {
         Ok(Self { stream: ctx.default_stream(), kernels })
     }
 
+    /// The stream every launcher queues on (for libraries that work beside the kernels).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// Copies `data` into a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
         self.stream.clone_htod(data).map_err(|e| driver("upload", e))
@@ -192,6 +208,53 @@ impl CudaDevice {
         let out = self.stream.clone_dtoh(buf).map_err(|e| driver("download", e))?;
         self.synchronize()?;
         Ok(out)
+    }
+
+    /// Overwrites the first `data.len()` values of `buf` with `data`.
+    pub fn write<T: DeviceRepr>(&self, buf: &mut CudaSlice<T>, data: &[T]) -> Result<()> {
+        self.check_device(buf, "write")?;
+        ensure_shape(buf.len() >= data.len(), "write", || {
+            format!("{} values into a buffer of {}", data.len(), buf.len())
+        })?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream.memcpy_htod(data, &mut buf.slice_mut(..data.len())).map_err(|e| driver("write", e))
+    }
+
+    /// The first `out.len()` values of `buf` into `out`, once every kernel queued before has run.
+    pub fn read<T: DeviceRepr>(&self, buf: &CudaSlice<T>, out: &mut [T]) -> Result<()> {
+        self.check_device(buf, "read")?;
+        ensure_shape(buf.len() >= out.len(), "read", || {
+            format!("{} values from a buffer of {}", out.len(), buf.len())
+        })?;
+        if !out.is_empty() {
+            self.stream.memcpy_dtoh(&buf.slice(..out.len()), out).map_err(|e| driver("read", e))?;
+        }
+        self.synchronize()
+    }
+
+    /// Copies `n` values from `src[src_at..]` to `dst[dst_at..]`, queued on the stream.
+    pub fn copy<T: DeviceRepr>(
+        &self,
+        src: &CudaSlice<T>,
+        src_at: usize,
+        dst: &mut CudaSlice<T>,
+        dst_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.check_device(src, "copy")?;
+        self.check_device(dst, "copy")?;
+        let fits = |at: usize, len: usize| at.checked_add(n).is_some_and(|end| end <= len);
+        ensure_shape(fits(src_at, src.len()) && fits(dst_at, dst.len()), "copy", || {
+            format!("{n} values from {src_at} of {} to {dst_at} of {}", src.len(), dst.len())
+        })?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtod(&src.slice(src_at..src_at + n), &mut dst.slice_mut(dst_at..dst_at + n))
+            .map_err(|e| driver("copy", e))
     }
 
     /// Waits for every queued kernel; reports a kernel's fault here rather than at a later call.

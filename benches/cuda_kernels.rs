@@ -1,0 +1,409 @@
+//! The CUDA kernels at DeepSeek-V3.2's shapes, beside the device's own anchors measured in the
+//! same run: device-to-device copy bandwidth and cuBLAS's bf16 GEMM rate (libcublas, loaded at
+//! run time; "n/a" where it is not found). Prints a table at the end: time, TFLOP/s, GB/s, and
+//! each as a fraction of its anchor. Without a GPU it says so and measures nothing.
+//!
+//! `cargo bench --features cuda --bench cuda_kernels` (on a GPU machine: `scripts/gpu-check`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::CudaSlice;
+use flashseek::backend::cuda::{CudaDevice, CudaLinear, MoeLayout};
+use flashseek::backend::{HeadCols, HostExpert, MlaDims, Pages, Queries, RopeLayout, RouterParams};
+use flashseek::fp8::ScaleFmt;
+use flashseek::model::weights::{blocks, HostLinear, HostTensor};
+use half::bf16;
+
+/// (N, K) of DeepSeek-V3.2's projections: q_a with kv_a stacked (1536 + 576), q_b (128 heads x
+/// 192), kv_b (128 x (128 + 128)), o_proj (K = 128 heads x 128), an expert's gate with up
+/// stacked, an expert's down.
+const GEMM_SHAPES: [(usize, usize); 6] =
+    [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)];
+const GEMM_ROWS: [usize; 3] = [64, 128, 4096];
+const HIDDEN: usize = 7168;
+const VOCAB: usize = 129_280;
+
+/// What one benchmark moves and computes, for the summary.
+struct Entry {
+    group: String,
+    id: String,
+    flops: f64,
+    bytes: f64,
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// A random `[n, k]` FP8 weight (no NaN codes) with block scales of a real checkpoint's size.
+fn fp8_weight(n: usize, k: usize) -> HostLinear {
+    let codes: Vec<u8> = values(n * k, 11).iter().map(|v| ((v + 0.5) * 254.0) as u8 & 0xf7).collect();
+    HostLinear {
+        weight: HostTensor::from_e4m3("w", vec![n, k], codes),
+        scale_inv: Some(vec![1.0 / 256.0; blocks(n) * blocks(k)]),
+    }
+}
+
+fn bf16_weight(n: usize, k: usize) -> HostLinear {
+    let v: Vec<bf16> = values(n * k, 13).into_iter().map(bf16::from_f32).collect();
+    HostLinear { weight: HostTensor::from_bf16("w", vec![n, k], &v), scale_inv: None }
+}
+
+/// Criterion's timing of `launch` (which queues work): waits for the device around the batch.
+fn bench(
+    c: &mut Criterion,
+    dev: &CudaDevice,
+    entries: &mut Vec<Entry>,
+    (group, id): (&str, String),
+    (flops, bytes): (f64, f64),
+    mut launch: impl FnMut(),
+) {
+    let mut g = c.benchmark_group(group);
+    g.bench_function(BenchmarkId::from_parameter(&id), |b| {
+        b.iter_custom(|iters| {
+            dev.synchronize().expect("sync");
+            let start = Instant::now();
+            for _ in 0..iters {
+                launch();
+            }
+            dev.synchronize().expect("a kernel failed");
+            start.elapsed()
+        })
+    });
+    g.finish();
+    entries.push(Entry { group: group.to_string(), id, flops, bytes });
+}
+
+/// Device-to-device copy bandwidth (bytes read plus written per second), over 1 GiB.
+fn copy_bandwidth(dev: &CudaDevice) -> f64 {
+    let n = 1 << 28;
+    let src = dev.zeros::<f32>(n).expect("alloc");
+    let mut dst = dev.zeros::<f32>(n).expect("alloc");
+    let mut time = |reps: u32| {
+        dev.synchronize().expect("sync");
+        let t = Instant::now();
+        for _ in 0..reps {
+            dev.copy(&src, 0, &mut dst, 0, n).expect("copy");
+        }
+        dev.synchronize().expect("sync");
+        t.elapsed()
+    };
+    time(3);
+    let reps = 20;
+    (2 * n * 4) as f64 * f64::from(reps) / time(reps).as_secs_f64()
+}
+
+/// cuBLAS's bf16 GEMM rate at 8192^3 (f32 accumulation), FLOP/s; `None` without libcublas.
+fn cublas_bf16_rate(dev: &CudaDevice) -> Option<f64> {
+    // SAFETY: only tries to open the library by its usual names.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return None;
+    }
+    let blas = CudaBlas::new(dev.stream().clone()).ok()?;
+    let n = 8192;
+    let a = dev.upload(&vec![bf16::from_f32(0.5); n * n]).ok()?;
+    let mut c_buf: CudaSlice<bf16> = dev.zeros(n * n).ok()?;
+    let cfg = GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_N,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: n as i32,
+        k: n as i32,
+        alpha: bf16::ONE,
+        lda: n as i32,
+        ldb: n as i32,
+        beta: bf16::ZERO,
+        ldc: n as i32,
+    };
+    let mut run = |reps: u32| -> Option<Duration> {
+        dev.synchronize().ok()?;
+        let t = Instant::now();
+        for _ in 0..reps {
+            // SAFETY: a, b and c hold n*n values each, as the config says.
+            unsafe { blas.gemm(cfg, &a, &a, &mut c_buf) }.ok()?;
+        }
+        dev.synchronize().ok()?;
+        Some(t.elapsed())
+    };
+    run(3)?;
+    let reps = 20;
+    Some(2.0 * (n as f64).powi(3) * f64::from(reps) / run(reps)?.as_secs_f64())
+}
+
+fn gemm_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    for &(n, k) in &GEMM_SHAPES {
+        let w = dev.load_linear(&fp8_weight(n, k)).expect("weight");
+        let x = dev.upload(&values(4096 * k, 3)).expect("x");
+        let mut out = dev.zeros::<f32>(4096 * n).expect("out");
+        for &m in &GEMM_ROWS {
+            let flops = 2.0 * (m * n * k) as f64;
+            // Weights once, activations in (f32) and out (f32).
+            let bytes = (n * k + 4 * m * k + 4 * m * n) as f64;
+            bench(c, dev, entries, (&format!("fp8 linear {n}x{k}"), format!("m{m}")), (flops, bytes), || {
+                dev.linear(&x, m, &w, Some(ScaleFmt::Ue8m0), &mut out).expect("linear")
+            });
+        }
+    }
+    // The plain GEMM of bf16 weights (the indexer's and MLA's bf16 projections in V3.2).
+    let (n, k) = (4096, HIDDEN);
+    let w: CudaLinear = dev.load_linear(&bf16_weight(n, k)).expect("weight");
+    let x = dev.upload(&values(4096 * k, 3)).expect("x");
+    let mut out = dev.zeros::<f32>(4096 * n).expect("out");
+    for &m in &GEMM_ROWS {
+        let flops = 2.0 * (m * n * k) as f64;
+        let bytes = (2 * n * k + 4 * m * k + 4 * m * n) as f64;
+        bench(c, dev, entries, (&format!("bf16 linear {n}x{k}"), format!("m{m}")), (flops, bytes), || {
+            dev.linear(&x, m, &w, None, &mut out).expect("linear")
+        });
+    }
+}
+
+fn small_op_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    let rows = 4096;
+    let x = dev.upload(&values(rows * HIDDEN, 5)).expect("x");
+    let w = dev.upload(&values(HIDDEN, 6)).expect("w");
+    let mut out = dev.zeros::<f32>(rows * HIDDEN).expect("out");
+    let mut codes = dev.zeros::<u8>(rows * HIDDEN).expect("codes");
+    let mut scales = dev.zeros::<f32>(rows * blocks(HIDDEN)).expect("scales");
+    for m in [128, rows] {
+        let io = (2 * 4 * m * HIDDEN) as f64;
+        bench(c, dev, entries, ("rms_norm 7168", format!("m{m}")), (0.0, io), || {
+            dev.rms_norm(&x, m, HIDDEN, 0, &w, HIDDEN, 1e-6, &mut out).expect("rms_norm")
+        });
+        let quant_io = (5 * m * HIDDEN) as f64;
+        bench(c, dev, entries, ("act_quant 7168", format!("m{m}")), (0.0, quant_io), || {
+            dev.act_quant(&x, m, HIDDEN, ScaleFmt::Ue8m0, &mut codes, &mut scales).expect("act_quant")
+        });
+    }
+    // MLA's query rope: 128 heads of 192 columns, the last 64 rotated.
+    let heads = HeadCols { n_heads: 128, stride: 192, offset: 128, dim: 64 };
+    let cols = 128 * 192;
+    let m = 128;
+    let mut q = dev.upload(&values(m * cols, 7)).expect("q");
+    let cos_sin = dev.upload(&values(m * 64, 8)).expect("cos_sin");
+    bench(c, dev, entries, ("rope mla q", format!("m{m}")), (0.0, (2 * 4 * m * 128 * 64) as f64), || {
+        dev.rope(&mut q, m, cols, heads, &cos_sin, RopeLayout::Interleaved).expect("rope")
+    });
+    let table = dev.load_linear(&bf16_weight(VOCAB, HIDDEN)).expect("table");
+    let ids: Vec<u32> = (0..4096u32).map(|i| i * 31 % VOCAB as u32).collect();
+    for m in [128, 4096] {
+        bench(c, dev, entries, ("embedding bf16 129280x7168", format!("m{m}")), (0.0, (6 * m * HIDDEN) as f64), || {
+            dev.embedding(&table, &ids[..m], &mut out).expect("embedding")
+        });
+    }
+    let logits = dev.upload(&values(128 * VOCAB, 9)).expect("logits");
+    let mut best = dev.zeros::<u32>(128).expect("best");
+    bench(c, dev, entries, ("argmax 129280", "m128".into()), (0.0, (4 * 128 * VOCAB) as f64), || {
+        dev.argmax(&logits, 128, VOCAB, &mut best).expect("argmax")
+    });
+}
+
+/// DeepSeek-V3.2's MoE: the router over 256 experts (8 groups, top 4 groups, top 8), and the
+/// grouped expert GEMMs at its expert shape (hidden 7168, intermediate 2048, FP8) over 8 experts:
+/// contiguous layout for prefill (4 experts x 8192 tokens, 8 x 4096) and masked for decode (8
+/// tokens x top 8, the masked layout's limit of 64 assignments).
+fn moe_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    let (n_experts, inter) = (256, 2048);
+    let params = RouterParams { n_group: 8, topk_group: 4, top_k: 8, norm_topk_prob: true, scaling: 2.5 };
+    let logits = dev.upload(&values(4096 * n_experts, 41)).expect("logits");
+    let bias = dev.upload(&values(n_experts, 42)).expect("bias");
+    let mut idx = dev.zeros::<i32>(4096 * 8).expect("idx");
+    let mut weights = dev.zeros::<f32>(4096 * 8).expect("weights");
+    for m in [128, 4096] {
+        bench(
+            c,
+            dev,
+            entries,
+            ("route 256 experts top-8", format!("m{m}")),
+            (0.0, (4 * m * (n_experts + 16)) as f64),
+            || dev.route(&logits, m, n_experts, &bias, params, &mut idx, &mut weights).expect("route"),
+        );
+    }
+    let host: Vec<HostExpert> = (0..8)
+        .map(|_| HostExpert {
+            gate: fp8_weight(inter, HIDDEN),
+            up: fp8_weight(inter, HIDDEN),
+            down: fp8_weight(HIDDEN, inter),
+        })
+        .collect();
+    let experts = dev.load_experts(&host).expect("experts");
+    drop(host);
+    let rows_max = 32768;
+    let x = dev.upload(&values(rows_max * HIDDEN, 43)).expect("x");
+    let mut out = dev.zeros::<f32>(rows_max * HIDDEN).expect("out");
+    let ones = dev.upload(&vec![1.0f32; rows_max * 8]).expect("weights");
+    for (groups, per, top_k, layout) in
+        [(4, 8192, 1, MoeLayout::Contiguous), (8, 4096, 1, MoeLayout::Contiguous), (8, 8, 8, MoeLayout::Masked)]
+    {
+        let assignments = groups * per;
+        let rows = assignments / top_k;
+        // Token t's slot j goes to expert (t * top_k + j) / per: `per` assignments per expert.
+        let ids: Vec<i32> = (0..assignments).map(|a| (a / per) as i32).collect();
+        let idx = dev.upload(&ids).expect("idx");
+        let flops = 6.0 * (assignments * HIDDEN * inter) as f64;
+        let bytes = (3 * groups * HIDDEN * inter + 8 * rows * HIDDEN) as f64;
+        let id = format!("{groups}x{per} {layout:?}");
+        bench(c, dev, entries, ("moe_experts fp8 7168/2048", id), (flops, bytes), || {
+            dev.moe_experts_with(&x, rows, &experts, &idx, &ones, top_k, Some(ScaleFmt::Ue8m0), layout, &mut out)
+                .expect("moe_experts")
+        });
+    }
+}
+
+/// Block tables giving each of `batch` sequences its own `ctx` positions in pages of 64, and the
+/// cache rows they need.
+fn private_pages(batch: usize, ctx: usize) -> (Vec<u32>, Vec<u32>, usize) {
+    let per = ctx.div_ceil(64);
+    let blocks = (0..(batch * per) as u32).collect();
+    let starts = (0..=batch).map(|s| (s * per) as u32).collect();
+    (blocks, starts, batch * per * 64)
+}
+
+/// V3.2's MLA: 128 heads, latent 512 + 64. Decode of one token per sequence at the end of its
+/// context over the paged f32 cache, dense and over the indexer's top 2048.
+fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    let dims = MlaDims { heads: 128, nope: 128, rope: 64, v: 128, kv_lora: 512 };
+    let latent = dims.latent();
+    for (batch, ctx) in [(64, 4096), (64, 16384), (64, 65536), (128, 4096), (128, 16384), (128, 65536)] {
+        let (blocks, starts, rows) = private_pages(batch, ctx);
+        let Ok(cache) = dev.zeros::<f32>(rows * latent) else {
+            eprintln!("mla_decode {batch}x{ctx}: the cache does not fit on this GPU");
+            continue;
+        };
+        let pages = Pages { block_size: 64, blocks: &blocks, starts: &starts };
+        let pos = vec![ctx as u32 - 1; batch];
+        let seq: Vec<u32> = (0..batch as u32).collect();
+        let queries = Queries { pos: &pos, seq: &seq };
+        let q = dev.upload(&values(batch * dims.heads * latent, 21)).expect("q");
+        let mut out = dev.zeros::<f32>(batch * dims.heads * dims.kv_lora).expect("out");
+        let per_key = 2.0 * (latent + dims.kv_lora) as f64 * dims.heads as f64;
+        let id = format!("b{batch} ctx{ctx}");
+        let (flops, bytes) = (per_key * (batch * ctx) as f64, 4.0 * (batch * ctx * latent) as f64);
+        bench(c, dev, entries, ("mla_decode dense f32 cache", id.clone()), (flops, bytes), || {
+            dev.mla_decode(&q, batch, &cache, rows, queries, pages, None, 0.1, dims, &mut out).expect("mla_decode")
+        });
+        let k = 2048;
+        let topk: Vec<i32> = (0..batch).flat_map(|_| (0..k as i32).map(|i| i * (ctx / k) as i32)).collect();
+        let topk = dev.upload(&topk).expect("topk");
+        let (flops, bytes) = (per_key * (batch * k) as f64, 4.0 * (batch * k * latent) as f64);
+        bench(c, dev, entries, ("mla_decode top-2048 f32 cache", id), (flops, bytes), || {
+            dev.mla_decode(&q, batch, &cache, rows, queries, pages, Some((&topk, k)), 0.1, dims, &mut out)
+                .expect("mla_decode")
+        });
+    }
+}
+
+/// V3.2's lightning indexer: 64 heads x 128, top 2048. Decode (64 sequences, one query each at
+/// the end of its context) and a prefill chunk of 1024 queries at the end of one long context.
+fn indexer_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    let (heads, dim, k) = (64, 128, 2048);
+    let weights = dev.upload(&values(4096 * heads, 31)).expect("weights");
+    let q = dev.upload(&values(4096 * heads * dim, 32)).expect("q");
+    for ctx in [4096, 16384, 65536, 131072] {
+        let batch = 64;
+        let (blocks, starts, rows) = private_pages(batch, ctx);
+        let Ok(cache) = dev.upload(&values(rows * dim, 33)) else {
+            eprintln!("indexer {batch}x{ctx}: the cache does not fit on this GPU");
+            continue;
+        };
+        let pages = Pages { block_size: 64, blocks: &blocks, starts: &starts };
+        let pos = vec![ctx as u32 - 1; batch];
+        let seq: Vec<u32> = (0..batch as u32).collect();
+        let queries = Queries { pos: &pos, seq: &seq };
+        let mut out = dev.zeros::<i32>(4096 * k).expect("out");
+        let flops = 2.0 * (heads * dim * batch * ctx) as f64;
+        let bytes = 4.0 * (batch * ctx * dim) as f64;
+        bench(
+            c,
+            dev,
+            entries,
+            ("indexer decode 64x128 top-2048", format!("b{batch} ctx{ctx}")),
+            (flops, bytes),
+            || {
+                dev.indexer_topk(&q, batch, &weights, heads, 0.1, &cache, rows, dim, queries, pages, &mut out, k)
+                    .expect("indexer_topk")
+            },
+        );
+        // Prefill: 1024 consecutive queries ending at the context's end, of the first sequence.
+        let chunk = 1024;
+        let pos: Vec<u32> = (ctx - chunk..ctx).map(|p| p as u32).collect();
+        let seq = vec![0u32; chunk];
+        let queries = Queries { pos: &pos, seq: &seq };
+        let keys: usize = pos.iter().map(|&p| p as usize + 1).sum();
+        let flops = 2.0 * (heads * dim * keys) as f64;
+        let bytes = 4.0 * (keys * dim) as f64;
+        bench(
+            c,
+            dev,
+            entries,
+            ("indexer prefill 64x128 top-2048", format!("q{chunk} ctx{ctx}")),
+            (flops, bytes),
+            || {
+                dev.indexer_topk(&q, chunk, &weights, heads, 0.1, &cache, rows, dim, queries, pages, &mut out, k)
+                    .expect("indexer_topk")
+            },
+        );
+    }
+}
+
+fn main() {
+    let dev = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cuda_kernels bench: no GPU to measure ({e})");
+            return;
+        }
+    };
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
+    let copy = copy_bandwidth(&dev);
+    let bf16_rate = cublas_bf16_rate(&dev);
+    let mut entries = Vec::new();
+    gemm_benches(&mut c, &dev, &mut entries);
+    small_op_benches(&mut c, &dev, &mut entries);
+    moe_benches(&mut c, &dev, &mut entries);
+    mla_benches(&mut c, &dev, &mut entries);
+    indexer_benches(&mut c, &dev, &mut entries);
+    c.final_summary();
+
+    println!(
+        "\nanchors: copy {:.0} GB/s (read + write), cuBLAS bf16 GEMM 8192^3 {}",
+        copy / 1e9,
+        match bf16_rate {
+            Some(r) => format!("{:.0} TFLOP/s", r / 1e12),
+            None => "n/a (libcublas not found)".into(),
+        }
+    );
+    println!("\n| kernel | shape | time | TFLOP/s | of bf16 GEMM | GB/s | of copy |\n|---|---|---|---|---|---|---|");
+    for e in &entries {
+        let Some(ns) = common::mean_ns(&e.group, &e.id) else { continue };
+        let (tflops, gbs) = (e.flops / ns / 1e3, e.bytes / ns);
+        let of_gemm = match bf16_rate {
+            Some(r) if e.flops > 0.0 => format!("{:.1}%", 100.0 * tflops * 1e12 / r),
+            _ => "-".into(),
+        };
+        let tflops = if e.flops > 0.0 { format!("{tflops:.1}") } else { "-".into() };
+        println!(
+            "| {} | {} | {:.1} us | {tflops} | {of_gemm} | {gbs:.0} | {:.1}% |",
+            e.group,
+            e.id,
+            ns / 1e3,
+            100.0 * gbs * 1e9 / copy
+        );
+    }
+}
