@@ -1,7 +1,8 @@
 //! The CUDA kernels at DeepSeek-V3.2's shapes, beside the device's own anchors measured in the
 //! same run: device-to-device copy bandwidth and cuBLAS's bf16 GEMM rate (libcublas, loaded at
 //! run time; "n/a" where it is not found). Prints a table at the end: time, TFLOP/s, GB/s, and
-//! each as a fraction of its anchor. Without a GPU it says so and measures nothing.
+//! each as a fraction of its anchor. Without a GPU it says so and measures nothing (and fails
+//! with `FLASHSEEK_REQUIRE_GPU=1`).
 //!
 //! `cargo bench --features cuda --bench cuda_kernels` (on a GPU machine: `scripts/gpu-check`).
 
@@ -363,6 +364,10 @@ fn main() {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cuda_kernels bench: no GPU to measure ({e})");
+            // On GPU machines (scripts/gpu-check run) a missing GPU is a failure, as in the tests.
+            if std::env::var("FLASHSEEK_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                std::process::exit(1);
+            }
             return;
         }
     };
