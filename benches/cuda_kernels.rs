@@ -14,7 +14,7 @@ use criterion::{BenchmarkId, Criterion};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
 use flashseek::backend::cuda::{CudaDevice, CudaLinear, MoeLayout};
-use flashseek::backend::{HeadCols, HostExpert, MlaDims, Pages, Queries, RopeLayout, RouterParams};
+use flashseek::backend::{HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
 use flashseek::fp8::ScaleFmt;
 use flashseek::model::weights::{blocks, HostLinear, HostTensor};
 use half::bf16;
@@ -188,6 +188,35 @@ fn small_op_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry
             dev.act_quant(&x, m, HIDDEN, ScaleFmt::Ue8m0, &mut codes, &mut scales).expect("act_quant")
         });
     }
+    let mut residual = dev.upload(&values(rows * HIDDEN, 10)).expect("residual");
+    let mut gate = dev.upload(&values(rows * 2048, 12)).expect("gate");
+    let up = dev.upload(&values(rows * 2048, 13)).expect("up");
+    for m in [128, rows] {
+        let io = (3 * 4 * m * HIDDEN) as f64;
+        bench(c, dev, entries, ("add_rms_norm 7168", format!("m{m}")), (0.0, io), || {
+            dev.add_rms_norm(&mut residual, &x, m, HIDDEN, &w, 1e-6, &mut out).expect("add_rms_norm")
+        });
+        bench(c, dev, entries, ("add_assign 7168", format!("m{m}")), (0.0, io), || {
+            dev.add_assign(&mut residual, &x, m * HIDDEN).expect("add_assign")
+        });
+        bench(c, dev, entries, ("silu_mul 2048", format!("m{m}")), (0.0, (3 * 4 * m * 2048) as f64), || {
+            dev.silu_mul(&mut gate, &up, m * 2048).expect("silu_mul")
+        });
+        bench(c, dev, entries, ("fp8_round 7168", format!("m{m}")), (0.0, (2 * 4 * m * HIDDEN) as f64), || {
+            dev.fp8_round(&mut residual, m, HIDDEN, HIDDEN, ScaleFmt::Ue8m0).expect("fp8_round")
+        });
+    }
+    // The indexer's key path: LayerNorm and Hadamard over 128-wide rows, its queries' Hadamard
+    // over 64 heads of 128.
+    let (idx_w, idx_b) = (dev.upload(&values(128, 14)).expect("w"), dev.upload(&values(128, 15)).expect("b"));
+    let mut keys = dev.upload(&values(rows * 128, 16)).expect("keys");
+    let mut iq = dev.upload(&values(rows * 64 * 128, 17)).expect("queries");
+    bench(c, dev, entries, ("layer_norm 128", format!("m{rows}")), (0.0, (2 * 4 * rows * 128) as f64), || {
+        dev.layer_norm(&mut keys, rows, 128, &idx_w, &idx_b, 1e-6).expect("layer_norm")
+    });
+    bench(c, dev, entries, ("hadamard 64x128", format!("m{rows}")), (0.0, (2 * 4 * rows * 64 * 128) as f64), || {
+        dev.hadamard(&mut iq, rows, 64 * 128, 128).expect("hadamard")
+    });
     // MLA's query rope: 128 heads of 192 columns, the last 64 rotated.
     let heads = HeadCols { n_heads: 128, stride: 192, offset: 128, dim: 64 };
     let cols = 128 * 192;
@@ -306,6 +335,47 @@ fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     }
 }
 
+/// The rest of V3.2's MLA path: the latent cache write of a decode step, the absorption of
+/// kv_b (bf16, [128 x 256, 512]) into queries and out of latents at batch 128, and causal
+/// prefill of one 4096-token sequence over expanded keys and values.
+fn mla_path_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    let d = MlaDims { heads: 128, nope: 128, rope: 64, v: 128, kv_lora: 512 };
+    let (lat, b) = (d.latent(), 128);
+    let mut cache = dev.zeros::<f32>(65536 * lat).expect("cache");
+    let src = dev.upload(&values(b * lat, 51)).expect("src");
+    let slots: Vec<u32> = (0..b as u32).map(|i| i * 511).collect();
+    bench(c, dev, entries, ("kv_store latent 576", format!("m{b}")), (0.0, (2 * 4 * b * lat) as f64), || {
+        dev.kv_store(&mut cache, 65536, lat, &slots, &src, lat, 0, 0, lat).expect("kv_store")
+    });
+    let kv_b = dev.load_linear(&bf16_weight(d.heads * (d.nope + d.v), d.kv_lora)).expect("kv_b");
+    let q = dev.upload(&values(b * d.heads * d.qk(), 52)).expect("q");
+    let mut q_lat = dev.zeros::<f32>(b * d.heads * lat).expect("q_lat");
+    let w_bytes = (2 * d.heads * (d.nope + d.v) * d.kv_lora) as f64;
+    let flops = 2.0 * (b * d.heads * d.nope * d.kv_lora) as f64;
+    bench(c, dev, entries, ("absorb_q bf16 kv_b", format!("m{b}")), (flops, w_bytes), || {
+        dev.absorb_q(&q, b, &kv_b, d, &mut q_lat).expect("absorb_q")
+    });
+    let o_lat = dev.upload(&values(b * d.heads * d.kv_lora, 53)).expect("o_lat");
+    let mut o = dev.zeros::<f32>(b * d.heads * d.v).expect("o");
+    let flops = 2.0 * (b * d.heads * d.v * d.kv_lora) as f64;
+    bench(c, dev, entries, ("absorb_out bf16 kv_b", format!("m{b}")), (flops, w_bytes), || {
+        dev.absorb_out(&o_lat, b, &kv_b, d, &mut o).expect("absorb_out")
+    });
+    let t = 4096;
+    let q = dev.upload(&values(t * d.heads * d.qk(), 54)).expect("q");
+    let kv = dev.upload(&values(t * d.heads * (d.nope + d.v), 55)).expect("kv");
+    let kpe = dev.upload(&values(t * d.rope, 56)).expect("kpe");
+    let mut out = dev.zeros::<f32>(t * d.heads * d.v).expect("out");
+    let seqs = [PrefillSeq { q_start: 0, q_len: t, kv_start: 0, start_pos: 0 }];
+    // Causal: t(t+1)/2 (query, key) pairs per head, each a qk-wide score and a v-wide sum.
+    let pairs = (t * (t + 1) / 2) as f64;
+    let flops = 2.0 * pairs * (d.heads * (d.qk() + d.v)) as f64;
+    let bytes = 4.0 * (t * d.heads * (d.qk() + d.nope + 2 * d.v) + t * d.rope) as f64;
+    bench(c, dev, entries, ("mla_prefill causal", format!("t{t}")), (flops, bytes), || {
+        dev.mla_prefill(&q, t, &kv, &kpe, t, &seqs, None, 0.07, d, &mut out).expect("mla_prefill")
+    });
+}
+
 /// V3.2's lightning indexer: 64 heads x 128, top 2048. Decode (64 sequences, one query each at
 /// the end of its context) and a prefill chunk of 1024 queries at the end of one long context.
 fn indexer_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
@@ -383,6 +453,7 @@ fn main() {
     small_op_benches(&mut c, &dev, &mut entries);
     moe_benches(&mut c, &dev, &mut entries);
     mla_benches(&mut c, &dev, &mut entries);
+    mla_path_benches(&mut c, &dev, &mut entries);
     indexer_benches(&mut c, &dev, &mut entries);
     c.final_summary();
 
