@@ -140,6 +140,9 @@ pub trait Backend: Sized + Send + Sync + 'static {
     // ---- memory ----
     /// Bytes of one element of this backend's activation and cache buffers.
     fn elem_bytes(&self) -> usize;
+    /// Bytes this backend's storage can still take (host RAM or device memory), for sizing the
+    /// KV pool from `--mem-fraction-static`.
+    fn free_memory(&self) -> Result<usize>;
     fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>>;
     /// Reshapes `t`, reusing its storage where it is large enough; contents are unspecified.
     fn resize(&self, t: &mut Tensor<Self>, rows: usize, cols: usize) -> Result<()>;

@@ -122,7 +122,7 @@ impl<B: Backend> Core<B> {
         if config.max_running == 0 || config.chunked_prefill_size == 0 {
             return Err(Error::Input("--max-running-requests and --chunked-prefill-size must be at least 1".into()));
         }
-        let num_blocks = pool_blocks(&config, context, model.kv_bytes_per_token())?;
+        let num_blocks = pool_blocks(&config, context, model.kv_bytes_per_token(), || model.backend().free_memory())?;
         let context_length = context.min(num_blocks * BLOCK_SIZE);
         let cache = model.new_cache(num_blocks)?;
         let mut eos_token_ids = cfg.eos_token_ids.clone();
@@ -400,8 +400,13 @@ impl<B: Backend> Core<B> {
 }
 
 /// Blocks in the KV pool: `--max-total-tokens` when given, else the configured share of the
-/// memory available now, never more than every running sequence at full context needs.
-fn pool_blocks(config: &EngineConfig, context: usize, bytes_per_token: usize) -> Result<usize> {
+/// backend's memory free now, never more than every running sequence at full context needs.
+fn pool_blocks(
+    config: &EngineConfig,
+    context: usize,
+    bytes_per_token: usize,
+    free_memory: impl FnOnce() -> Result<usize>,
+) -> Result<usize> {
     let most = config.max_running.saturating_mul(blocks_for(context));
     let blocks = match config.max_total_tokens {
         Some(tokens) => blocks_for(tokens),
@@ -410,7 +415,7 @@ fn pool_blocks(config: &EngineConfig, context: usize, bytes_per_token: usize) ->
             if !(f > 0.0 && f <= 1.0) {
                 return Err(Error::Input(format!("--mem-fraction-static must be in (0, 1], got {f}")));
             }
-            let bytes = (available_memory()? as f64 * f) as usize;
+            let bytes = (free_memory()? as f64 * f) as usize;
             (bytes / (bytes_per_token * BLOCK_SIZE).max(1)).min(most)
         }
     };
@@ -420,17 +425,6 @@ fn pool_blocks(config: &EngineConfig, context: usize, bytes_per_token: usize) ->
         ));
     }
     Ok(blocks)
-}
-
-/// `MemAvailable` of /proc/meminfo, in bytes.
-fn available_memory() -> Result<usize> {
-    let path = std::path::Path::new("/proc/meminfo");
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| Error::Input("cannot read MemAvailable from /proc/meminfo: pass --max-total-tokens".into()))
 }
 
 /// Adds the sequence's newly filled blocks to the prefix cache.

@@ -13,7 +13,7 @@ pub mod scratch;
 pub mod simd;
 
 use crate::backend::{Backend, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
-use crate::error::{ensure_shape, Result};
+use crate::error::{ensure_shape, Error, Result};
 use crate::fp8::ScaleFmt;
 use crate::model::weights::{HostLinear, HostTensor};
 use crate::tensor::{IntTensor, Tensor};
@@ -97,6 +97,17 @@ impl Backend for CpuBackend {
 
     fn elem_bytes(&self) -> usize {
         std::mem::size_of::<f32>()
+    }
+
+    /// `MemAvailable` of /proc/meminfo.
+    fn free_memory(&self) -> Result<usize> {
+        let path = std::path::Path::new("/proc/meminfo");
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| Error::Input("cannot read MemAvailable from /proc/meminfo: pass --max-total-tokens".into()))
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>> {

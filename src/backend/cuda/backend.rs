@@ -70,6 +70,11 @@ impl Backend for CudaBackend {
         std::mem::size_of::<f32>()
     }
 
+    /// The device's free memory (`cuMemGetInfo`), after the weights are loaded.
+    fn free_memory(&self) -> Result<usize> {
+        self.dev.free_memory()
+    }
+
     fn zeros(&self, rows: usize, cols: usize) -> Result<Tensor<Self>> {
         Ok(Tensor { buf: self.dev.zeros(product(rows, cols, "zeros")?.max(1))?, rows, cols })
     }

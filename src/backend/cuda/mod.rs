@@ -257,6 +257,11 @@ impl CudaDevice {
             .map_err(|e| driver("copy", e))
     }
 
+    /// Bytes of device memory free now.
+    pub fn free_memory(&self) -> Result<usize> {
+        self.stream.context().mem_get_info().map(|(free, _)| free).map_err(|e| driver("memory info", e))
+    }
+
     /// Waits for every queued kernel; reports a kernel's fault here rather than at a later call.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| driver("running a kernel", e))
