@@ -5,6 +5,7 @@
 //! backend uploads what it needs. Activations, cache pages and weights live in the backend's
 //! own storage types.
 
+mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -12,6 +12,7 @@ pub mod rope;
 pub mod scratch;
 pub mod simd;
 
+use super::check;
 use crate::backend::{Backend, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
 use crate::error::{ensure_shape, Error, Result};
 use crate::fp8::ScaleFmt;
@@ -73,10 +74,6 @@ impl IntTensor<CpuBackend> {
         ensure_shape(data.len() == rows * cols, "from_vec", || format!("{} values for [{rows}, {cols}]", data.len()))?;
         Ok(IntTensor { buf: data, rows, cols })
     }
-}
-
-fn same_shape(a: &Tensor<CpuBackend>, b: &Tensor<CpuBackend>, op: &'static str) -> Result<()> {
-    ensure_shape(a.shape() == b.shape(), op, || format!("{:?} vs {:?}", a.shape(), b.shape()))
 }
 
 impl Backend for CpuBackend {
@@ -156,10 +153,8 @@ impl Backend for CpuBackend {
         dst_row: usize,
         n: usize,
     ) -> Result<()> {
+        check::copy_rows(src, src_row, dst, dst_row, n)?;
         let c = src.cols;
-        ensure_shape(dst.cols == c && src_row + n <= src.rows && dst_row + n <= dst.rows, "copy_rows", || {
-            format!("rows {src_row}+{n} of {:?} to row {dst_row} of {:?}", src.shape(), dst.shape())
-        })?;
         dst.buf[dst_row * c..(dst_row + n) * c].copy_from_slice(&src.buf[src_row * c..(src_row + n) * c]);
         Ok(())
     }
@@ -179,16 +174,12 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &Tensor<Self>, w: &CpuLinear, quant: Option<ScaleFmt>, out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(), "linear", || {
-            format!("x {:?} · w [{}, {}]ᵀ into {:?}", x.shape(), w.rows(), w.cols(), out.shape())
-        })?;
+        check::linear(x, w.rows(), w.cols(), out)?;
         linear::linear(&self.pools.f32, self.gemm, &x.buf, x.rows, w, quant, &mut out.buf)
     }
 
     fn embedding(&self, table: &CpuLinear, ids: &[u32], out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(out.rows == ids.len() && out.cols == table.cols(), "embedding", || {
-            format!("{} ids into {:?}", ids.len(), out.shape())
-        })?;
+        check::embedding(ids.len(), table.cols(), out)?;
         linear::embedding(table, ids, &mut out.buf)
     }
 
@@ -200,24 +191,7 @@ impl Backend for CpuBackend {
         idx: &mut IntTensor<Self>,
         weights: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(
-            logits.cols == bias.buf.len()
-                && idx.rows == logits.rows
-                && weights.rows == logits.rows
-                && idx.cols == params.top_k
-                && weights.cols == params.top_k,
-            "route",
-            || {
-                format!(
-                    "logits {:?}, bias {}, idx [{}, {}], weights {:?}",
-                    logits.shape(),
-                    bias.buf.len(),
-                    idx.rows,
-                    idx.cols,
-                    weights.shape()
-                )
-            },
-        )?;
+        check::route(logits, bias, params, idx, weights)?;
         moe::route(&self.pools, &logits.buf, &bias.buf, params, &mut idx.buf, &mut weights.buf)
     }
 
@@ -230,10 +204,7 @@ impl Backend for CpuBackend {
         quant: Option<ScaleFmt>,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(idx.rows == x.rows && weights.rows == x.rows && idx.cols == weights.cols, "moe_experts", || {
-            format!("x {:?}, idx [{}, {}], weights {:?}", x.shape(), idx.rows, idx.cols, weights.shape())
-        })?;
-        same_shape(x, out, "moe_experts")?;
+        check::moe_experts(x, idx, weights, out)?;
         moe::moe_experts(&self.pools, self.gemm, &x.buf, experts, &idx.buf, &weights.buf, quant, &mut out.buf)
     }
 
@@ -245,9 +216,7 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(out.rows == x.rows && out.cols == w.buf.len(), "rms_norm", || {
-            format!("x {:?}, weight {}, out {:?}", x.shape(), w.buf.len(), out.shape())
-        })?;
+        check::rms_norm(x, w, out)?;
         norm::rms_norm(&x.buf, x.cols, col0, &w.buf, eps, &mut out.buf)
     }
 
@@ -259,42 +228,37 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        same_shape(residual, delta, "add_rms_norm")?;
-        same_shape(residual, out, "add_rms_norm")?;
+        check::add_rms_norm(residual, delta, w, out)?;
         norm::add_rms_norm(&mut residual.buf, residual.cols, &delta.buf, &w.buf, eps, &mut out.buf)
     }
 
     fn layer_norm(&self, x: &mut Tensor<Self>, w: &Tensor<Self>, b: &Tensor<Self>, eps: f32) -> Result<()> {
-        ensure_shape(x.cols == w.buf.len(), "layer_norm", || format!("x {:?}, weight {}", x.shape(), w.buf.len()))?;
+        check::layer_norm(x, w, b)?;
         norm::layer_norm(&mut x.buf, &w.buf, &b.buf, eps)
     }
 
     fn rope(&self, x: &mut Tensor<Self>, heads: HeadCols, cos_sin: &Tensor<Self>, layout: RopeLayout) -> Result<()> {
-        ensure_shape(cos_sin.rows == x.rows && cos_sin.cols == heads.dim, "rope", || {
-            format!("x {:?}, cos_sin {:?}, heads {heads:?}", x.shape(), cos_sin.shape())
-        })?;
+        check::rope(x, heads, cos_sin)?;
         rope::rope(&mut x.buf, x.cols, heads, &cos_sin.buf, layout)
     }
 
     fn silu_mul(&self, gate: &mut Tensor<Self>, up: &Tensor<Self>) -> Result<()> {
-        same_shape(gate, up, "silu_mul")?;
+        check::same_shape(gate, up, "silu_mul")?;
         elementwise::silu_mul(&mut gate.buf, &up.buf)
     }
 
     fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()> {
-        same_shape(acc, x, "add_assign")?;
+        check::same_shape(acc, x, "add_assign")?;
         elementwise::add_assign(&mut acc.buf, &x.buf)
     }
 
     fn fp8_round(&self, x: &mut Tensor<Self>, segment: usize, fmt: ScaleFmt) -> Result<()> {
-        ensure_shape(segment > 0 && x.cols % segment == 0, "fp8_round", || {
-            format!("{:?} in segments of {segment}", x.shape())
-        })?;
+        check::segments(x, segment, "fp8_round")?;
         elementwise::fp8_round(&mut x.buf, segment, fmt)
     }
 
     fn hadamard(&self, x: &mut Tensor<Self>, dim: usize) -> Result<()> {
-        ensure_shape(dim > 0 && x.cols % dim == 0, "hadamard", || format!("{:?} in segments of {dim}", x.shape()))?;
+        check::segments(x, dim, "hadamard")?;
         elementwise::hadamard(&mut x.buf, dim)
     }
 
@@ -312,19 +276,17 @@ impl Backend for CpuBackend {
         dst_col: usize,
         n: usize,
     ) -> Result<()> {
+        check::rows_per_slot(src, slots.len(), "kv_store")?;
         elementwise::kv_store(&mut cache.buf, cache.cols, slots, &src.buf, src.cols, src_col, dst_col, n)
     }
 
     fn kv_gather(&self, cache: &Tensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()> {
+        check::rows_per_slot(dst, slots.len(), "kv_gather")?;
         elementwise::kv_gather(&cache.buf, cache.cols, slots, col, &mut dst.buf, dst.cols)
     }
 
     fn absorb_q(&self, q: &Tensor<Self>, kv_b: &CpuLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(
-            q.cols == dims.heads * dims.qk() && out.rows <= q.rows && out.cols == dims.heads * dims.latent(),
-            "absorb_q",
-            || format!("q {:?}, out {:?}, dims {dims:?}", q.shape(), out.shape()),
-        )?;
+        check::absorb_q(q, dims, out)?;
         attention::absorb_q(&self.pools.f32, self.gemm, &q.buf, kv_b, dims, out.rows, &mut out.buf)
     }
 
@@ -339,17 +301,13 @@ impl Backend for CpuBackend {
         dims: MlaDims,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(cache.cols == dims.latent(), "mla_decode", || {
-            format!("cache {:?}, dims {dims:?}", cache.shape())
-        })?;
+        check::mla_decode(q_lat, cache, topk, dims, out)?;
         let topk = topk.map(|t| (t.buf.as_slice(), t.cols));
         attention::mla_decode(&self.pools.f32, &q_lat.buf, &cache.buf, queries, pages, topk, scale, dims, &mut out.buf)
     }
 
     fn absorb_out(&self, o_lat: &Tensor<Self>, kv_b: &CpuLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(out.rows == o_lat.rows, "absorb_out", || {
-            format!("o_lat {:?}, out {:?}", o_lat.shape(), out.shape())
-        })?;
+        check::absorb_out(o_lat, dims, out)?;
         attention::absorb_out(&self.pools.f32, self.gemm, &o_lat.buf, kv_b, dims, o_lat.rows, &mut out.buf)
     }
 
@@ -364,6 +322,7 @@ impl Backend for CpuBackend {
         dims: MlaDims,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
+        check::mla_prefill(q, kv, kpe, topk, dims, out)?;
         let topk = topk.map(|t| (t.buf.as_slice(), t.cols));
         attention::mla_prefill(&self.pools.f32, &q.buf, &kv.buf, &kpe.buf, seqs, topk, scale, dims, &mut out.buf)
     }
@@ -378,20 +337,7 @@ impl Backend for CpuBackend {
         pages: Pages,
         out: &mut IntTensor<Self>,
     ) -> Result<()> {
-        ensure_shape(
-            q.rows == weights.rows && out.rows == q.rows && q.cols == weights.cols * cache.cols,
-            "indexer_topk",
-            || {
-                format!(
-                    "q {:?}, weights {:?}, cache {:?}, out [{}, {}]",
-                    q.shape(),
-                    weights.shape(),
-                    cache.shape(),
-                    out.rows,
-                    out.cols
-                )
-            },
-        )?;
+        check::indexer_topk(q, weights, cache, out)?;
         indexer::indexer_topk(
             &self.pools,
             &q.buf,

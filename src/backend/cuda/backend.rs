@@ -10,7 +10,9 @@
 use cudarc::driver::CudaSlice;
 
 use super::{product, CudaDevice, CudaExperts, CudaLinear};
-use crate::backend::{Backend, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
+use crate::backend::{
+    check, Backend, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams,
+};
 use crate::error::{ensure_shape, Result};
 use crate::fp8::ScaleFmt;
 use crate::model::weights::{HostLinear, HostTensor};
@@ -31,10 +33,6 @@ impl CudaBackend {
     pub fn device(&self) -> &CudaDevice {
         &self.dev
     }
-}
-
-fn same_shape(a: &Tensor<CudaBackend>, b: &Tensor<CudaBackend>, op: &'static str) -> Result<()> {
-    ensure_shape(a.shape() == b.shape(), op, || format!("{:?} and {:?}", a.shape(), b.shape()))
 }
 
 impl Tensor<CudaBackend> {
@@ -128,14 +126,8 @@ impl Backend for CudaBackend {
         dst_row: usize,
         n: usize,
     ) -> Result<()> {
+        check::copy_rows(src, src_row, dst, dst_row, n)?;
         let c = src.cols;
-        ensure_shape(
-            dst.cols == c
-                && src_row.checked_add(n).is_some_and(|end| end <= src.rows)
-                && dst_row.checked_add(n).is_some_and(|end| end <= dst.rows),
-            "copy_rows",
-            || format!("rows {src_row}+{n} of {:?} to row {dst_row} of {:?}", src.shape(), dst.shape()),
-        )?;
         self.dev.copy(&src.buf, src_row * c, &mut dst.buf, dst_row * c, n * c)
     }
 
@@ -155,16 +147,12 @@ impl Backend for CudaBackend {
     }
 
     fn linear(&self, x: &Tensor<Self>, w: &CudaLinear, quant: Option<ScaleFmt>, out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(x.cols == w.cols() && out.rows == x.rows && out.cols == w.rows(), "linear", || {
-            format!("x {:?}, weight [{}, {}], out {:?}", x.shape(), w.rows(), w.cols(), out.shape())
-        })?;
+        check::linear(x, w.rows(), w.cols(), out)?;
         self.dev.linear(&x.buf, x.rows, w, quant, &mut out.buf)
     }
 
     fn embedding(&self, table: &CudaLinear, ids: &[u32], out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(out.rows == ids.len() && out.cols == table.cols(), "embedding", || {
-            format!("{} ids of width {} into {:?}", ids.len(), table.cols(), out.shape())
-        })?;
+        check::embedding(ids.len(), table.cols(), out)?;
         self.dev.embedding(table, ids, &mut out.buf)
     }
 
@@ -176,25 +164,7 @@ impl Backend for CudaBackend {
         idx: &mut IntTensor<Self>,
         weights: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(
-            logits.cols == bias.cols
-                && bias.rows == 1
-                && idx.rows == logits.rows
-                && weights.rows == logits.rows
-                && idx.cols == params.top_k
-                && weights.cols == params.top_k,
-            "route",
-            || {
-                format!(
-                    "logits {:?}, bias {:?}, idx [{}, {}], weights {:?}",
-                    logits.shape(),
-                    bias.shape(),
-                    idx.rows,
-                    idx.cols,
-                    weights.shape()
-                )
-            },
-        )?;
+        check::route(logits, bias, params, idx, weights)?;
         self.dev.route(&logits.buf, logits.rows, logits.cols, &bias.buf, params, &mut idx.buf, &mut weights.buf)
     }
 
@@ -207,10 +177,7 @@ impl Backend for CudaBackend {
         quant: Option<ScaleFmt>,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(idx.rows == x.rows && weights.rows == x.rows && idx.cols == weights.cols, "moe_experts", || {
-            format!("x {:?}, idx [{}, {}], weights {:?}", x.shape(), idx.rows, idx.cols, weights.shape())
-        })?;
-        same_shape(x, out, "moe_experts")?;
+        check::moe_experts(x, idx, weights, out)?;
         ensure_shape(x.cols == experts.hidden(), "moe_experts", || {
             format!("x {:?} for experts of hidden size {}", x.shape(), experts.hidden())
         })?;
@@ -225,9 +192,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(out.rows == x.rows && out.cols == w.cols && w.rows == 1, "rms_norm", || {
-            format!("x {:?}, weight {:?}, out {:?}", x.shape(), w.shape(), out.shape())
-        })?;
+        check::rms_norm(x, w, out)?;
         self.dev.rms_norm(&x.buf, x.rows, x.cols, col0, &w.buf, w.cols, eps, &mut out.buf)
     }
 
@@ -239,43 +204,37 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        same_shape(residual, delta, "add_rms_norm")?;
-        same_shape(residual, out, "add_rms_norm")?;
-        ensure_shape(w.rows == 1 && w.cols == residual.cols, "add_rms_norm", || {
-            format!("weight {:?} for rows of {}", w.shape(), residual.cols)
-        })?;
+        check::add_rms_norm(residual, delta, w, out)?;
         self.dev.add_rms_norm(&mut residual.buf, &delta.buf, residual.rows, residual.cols, &w.buf, eps, &mut out.buf)
     }
 
     fn layer_norm(&self, x: &mut Tensor<Self>, w: &Tensor<Self>, b: &Tensor<Self>, eps: f32) -> Result<()> {
-        ensure_shape(w.rows == 1 && w.cols == x.cols && b.shape() == w.shape(), "layer_norm", || {
-            format!("x {:?}, weight {:?}, bias {:?}", x.shape(), w.shape(), b.shape())
-        })?;
+        check::layer_norm(x, w, b)?;
         self.dev.layer_norm(&mut x.buf, x.rows, x.cols, &w.buf, &b.buf, eps)
     }
 
     fn rope(&self, x: &mut Tensor<Self>, heads: HeadCols, cos_sin: &Tensor<Self>, layout: RopeLayout) -> Result<()> {
-        ensure_shape(cos_sin.rows == x.rows && cos_sin.cols == heads.dim, "rope", || {
-            format!("x {:?}, cos_sin {:?}, heads {heads:?}", x.shape(), cos_sin.shape())
-        })?;
+        check::rope(x, heads, cos_sin)?;
         self.dev.rope(&mut x.buf, x.rows, x.cols, heads, &cos_sin.buf, layout)
     }
 
     fn silu_mul(&self, gate: &mut Tensor<Self>, up: &Tensor<Self>) -> Result<()> {
-        same_shape(gate, up, "silu_mul")?;
+        check::same_shape(gate, up, "silu_mul")?;
         self.dev.silu_mul(&mut gate.buf, &up.buf, gate.rows * gate.cols)
     }
 
     fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()> {
-        same_shape(acc, x, "add_assign")?;
+        check::same_shape(acc, x, "add_assign")?;
         self.dev.add_assign(&mut acc.buf, &x.buf, acc.rows * acc.cols)
     }
 
     fn fp8_round(&self, x: &mut Tensor<Self>, segment: usize, fmt: ScaleFmt) -> Result<()> {
+        check::segments(x, segment, "fp8_round")?;
         self.dev.fp8_round(&mut x.buf, x.rows, x.cols, segment, fmt)
     }
 
     fn hadamard(&self, x: &mut Tensor<Self>, dim: usize) -> Result<()> {
+        check::segments(x, dim, "hadamard")?;
         self.dev.hadamard(&mut x.buf, x.rows, x.cols, dim)
     }
 
@@ -296,23 +255,17 @@ impl Backend for CudaBackend {
         dst_col: usize,
         n: usize,
     ) -> Result<()> {
-        ensure_shape(slots.len() <= src.rows, "kv_store", || {
-            format!("{} slots for {:?} rows", slots.len(), src.shape())
-        })?;
+        check::rows_per_slot(src, slots.len(), "kv_store")?;
         self.dev.kv_store(&mut cache.buf, cache.rows, cache.cols, slots, &src.buf, src.cols, src_col, dst_col, n)
     }
 
     fn kv_gather(&self, cache: &Tensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(dst.rows == slots.len(), "kv_gather", || format!("{} slots into {:?}", slots.len(), dst.shape()))?;
+        check::rows_per_slot(dst, slots.len(), "kv_gather")?;
         self.dev.kv_gather(&cache.buf, cache.rows, cache.cols, slots, col, &mut dst.buf, dst.cols)
     }
 
     fn absorb_q(&self, q: &Tensor<Self>, kv_b: &CudaLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(
-            q.cols == dims.heads * dims.qk() && out.rows <= q.rows && out.cols == dims.heads * dims.latent(),
-            "absorb_q",
-            || format!("q {:?}, out {:?}, dims {dims:?}", q.shape(), out.shape()),
-        )?;
+        check::absorb_q(q, dims, out)?;
         self.dev.absorb_q(&q.buf, out.rows, kv_b, dims, &mut out.buf)
     }
 
@@ -327,15 +280,7 @@ impl Backend for CudaBackend {
         dims: MlaDims,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(
-            cache.cols == dims.latent()
-                && q_lat.cols == dims.heads * dims.latent()
-                && out.rows == q_lat.rows
-                && out.cols == dims.heads * dims.kv_lora
-                && topk.is_none_or(|t| t.rows == q_lat.rows),
-            "mla_decode",
-            || format!("q_lat {:?}, cache {:?}, out {:?}, dims {dims:?}", q_lat.shape(), cache.shape(), out.shape()),
-        )?;
+        check::mla_decode(q_lat, cache, topk, dims, out)?;
         let topk = topk.map(|t| (&t.buf, t.cols));
         self.dev.mla_decode(
             &q_lat.buf,
@@ -352,11 +297,7 @@ impl Backend for CudaBackend {
     }
 
     fn absorb_out(&self, o_lat: &Tensor<Self>, kv_b: &CudaLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
-        ensure_shape(
-            out.rows == o_lat.rows && o_lat.cols == dims.heads * dims.kv_lora && out.cols == dims.heads * dims.v,
-            "absorb_out",
-            || format!("o_lat {:?}, out {:?}, dims {dims:?}", o_lat.shape(), out.shape()),
-        )?;
+        check::absorb_out(o_lat, dims, out)?;
         self.dev.absorb_out(&o_lat.buf, o_lat.rows, kv_b, dims, &mut out.buf)
     }
 
@@ -371,25 +312,7 @@ impl Backend for CudaBackend {
         dims: MlaDims,
         out: &mut Tensor<Self>,
     ) -> Result<()> {
-        ensure_shape(
-            q.cols == dims.heads * dims.qk()
-                && kv.cols == dims.heads * (dims.nope + dims.v)
-                && kpe.cols == dims.rope
-                && kpe.rows == kv.rows
-                && out.rows == q.rows
-                && out.cols == dims.heads * dims.v
-                && topk.is_none_or(|t| t.rows == q.rows),
-            "mla_prefill",
-            || {
-                format!(
-                    "q {:?}, kv {:?}, kpe {:?}, out {:?}, dims {dims:?}",
-                    q.shape(),
-                    kv.shape(),
-                    kpe.shape(),
-                    out.shape()
-                )
-            },
-        )?;
+        check::mla_prefill(q, kv, kpe, topk, dims, out)?;
         let topk = topk.map(|t| (&t.buf, t.cols));
         self.dev.mla_prefill(&q.buf, q.rows, &kv.buf, &kpe.buf, kv.rows, seqs, topk, scale, dims, &mut out.buf)
     }
@@ -404,20 +327,7 @@ impl Backend for CudaBackend {
         pages: Pages,
         out: &mut IntTensor<Self>,
     ) -> Result<()> {
-        ensure_shape(
-            q.rows == weights.rows && out.rows == q.rows && q.cols == weights.cols * cache.cols,
-            "indexer_topk",
-            || {
-                format!(
-                    "q {:?}, weights {:?}, cache {:?}, out [{}, {}]",
-                    q.shape(),
-                    weights.shape(),
-                    cache.shape(),
-                    out.rows,
-                    out.cols
-                )
-            },
-        )?;
+        check::indexer_topk(q, weights, cache, out)?;
         self.dev.indexer_topk(
             &q.buf,
             q.rows,
