@@ -85,6 +85,20 @@ impl Pages<'_> {
             .filter(|&s| s < rows)
             .ok_or_else(|| Error::Input(format!("position {pos} of sequence {seq} has no cache page")))
     }
+
+    /// [`Pages::cache_row`] of every position `0..=pos` of sequence `seq`, checked page by page:
+    /// a page's positions are consecutive cache rows, so the last one read bounds them all. Device
+    /// backends check a step's contexts with it before reading the cache through the tables.
+    pub fn check_context(&self, seq: usize, pos: usize, rows: usize) -> Result<()> {
+        let bs = self.block_size;
+        if bs == 0 {
+            return Err(Error::Input("cache pages of 0 positions".into()));
+        }
+        for page in 0..=pos / bs {
+            self.cache_row(seq, (page * bs + bs - 1).min(pos), rows)?;
+        }
+        Ok(())
+    }
 }
 
 /// Query rows of one step: row `i` belongs to sequence `seq[i]` and sits at position `pos[i]`,
@@ -304,4 +318,35 @@ pub trait Backend: Sized + Send + Sync + 'static {
         pages: Pages,
         out: &mut IntTensor<Self>,
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pages;
+
+    /// Page by page agrees with position by position, for random tables.
+    #[test]
+    fn check_context_is_cache_row_for_every_position() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n) as usize
+        };
+        for _ in 0..2000 {
+            let bs = 1 + next(6);
+            let n_blocks = next(8);
+            let blocks: Vec<u32> = (0..n_blocks).map(|_| next(6) as u32).collect();
+            let mut starts: Vec<u32> = (0..3).map(|_| next(n_blocks as u64 + 2) as u32).collect();
+            if next(4) != 0 {
+                starts.sort_unstable();
+            }
+            let pages = Pages { block_size: bs, blocks: &blocks, starts: &starts };
+            let rows = next(40);
+            let (seq, pos) = (next(4), next(30));
+            let want = (0..=pos).all(|t| pages.cache_row(seq, t, rows).is_ok());
+            assert_eq!(pages.check_context(seq, pos, rows).is_ok(), want, "{pages:?} seq {seq} pos {pos} rows {rows}");
+        }
+    }
 }

@@ -28,8 +28,8 @@ use crate::error::{ensure_shape, Error, Result};
 const WORKSPACE: usize = 16 << 20;
 
 /// Checks, as the CPU does with [`Pages::cache_row`] for each, that every position a query row
-/// reads (`0..=pos` of its sequence) has a page and lies in the cache's `cache_rows` rows. One
-/// check per page: a page's positions are consecutive cache rows, so its last one read bounds all.
+/// reads (`0..=pos` of its sequence) has a page and lies in the cache's `cache_rows` rows: one
+/// [`Pages::check_context`] per sequence, up to the last position its rows read.
 fn check_pages(queries: Queries, pages: Pages, cache_rows: usize) -> Result<()> {
     let n_seqs = pages.starts.len().saturating_sub(1);
     // The last position each sequence's rows read.
@@ -41,12 +41,9 @@ fn check_pages(queries: Queries, pages: Pages, cache_rows: usize) -> Result<()> 
         };
         *l = Some(l.map_or(pos as usize, |m| m.max(pos as usize)));
     }
-    let bs = pages.block_size;
     for (seq, l) in last.iter().enumerate() {
         if let Some(last) = *l {
-            for page in 0..=last / bs {
-                pages.cache_row(seq, (page * bs + bs - 1).min(last), cache_rows)?;
-            }
+            pages.check_context(seq, last, cache_rows)?;
         }
     }
     Ok(())

@@ -70,34 +70,6 @@ fn last_writes(slots: &[u32]) -> Vec<u32> {
     pairs
 }
 
-/// Checks that every position `0..=pos` of sequence `seq` has a cache row below `rows`: what the
-/// CPU's [`Pages::cache_row`] asks of each position it reads, here page by page.
-fn check_context(pages: &Pages, seq: usize, pos: usize, rows: usize) -> Result<()> {
-    let bs = pages.block_size;
-    let missing = |p: usize| Error::Input(format!("position {p} of sequence {seq} has no cache page"));
-    let (Some(&start), Some(&end)) = (pages.starts.get(seq), pages.starts.get(seq + 1)) else {
-        return Err(missing(0));
-    };
-    let (start, end) = (start as usize, end as usize);
-    let pages_used = pos / bs + 1;
-    for b in 0..pages_used {
-        let first_pos = b * bs;
-        let i = start + b;
-        let Some(&block) = pages.blocks.get(i).filter(|_| i < end) else {
-            return Err(missing(first_pos));
-        };
-        // The page's rows block·bs.. up to the last position of the context in it.
-        let last = if b + 1 == pages_used { pos % bs } else { bs - 1 };
-        let first_row = (block as usize).checked_mul(bs).filter(|&r| r < rows);
-        match first_row {
-            None => return Err(missing(first_pos)),
-            Some(r) if last >= rows - r => return Err(missing(first_pos + rows - r)),
-            Some(_) => {}
-        }
-    }
-    Ok(())
-}
-
 /// How `mla_decode` cuts each query's keys (at most `keys` of them) for `blocks` blocks per split:
 /// `(splits, chunk)`, keys `s·chunk..(s + 1)·chunk` in split `s`. Enough splits to give the GPU
 /// [`DECODE_TARGET_BLOCKS`] blocks, each at least [`DECODE_MIN_CHUNK`] keys (a whole number of
@@ -374,7 +346,7 @@ impl CudaDevice {
             None => (0, None, 0),
         };
         for (&pos, &seq) in queries.pos.iter().zip(queries.seq) {
-            check_context(&pages, seq as usize, pos as usize, cache_rows)?;
+            pages.check_context(seq as usize, pos as usize, cache_rows)?;
         }
         let keys = match topk {
             Some((_, k)) => k,
@@ -543,36 +515,6 @@ impl CudaDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Page by page agrees with position by position, for random tables.
-    #[test]
-    fn check_context_is_cache_row_for_every_position() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n) as usize
-        };
-        for _ in 0..2000 {
-            let bs = 1 + next(6);
-            let n_blocks = next(8);
-            let blocks: Vec<u32> = (0..n_blocks).map(|_| next(6) as u32).collect();
-            let mut starts: Vec<u32> = (0..3).map(|_| next(n_blocks as u64 + 2) as u32).collect();
-            if next(4) != 0 {
-                starts.sort_unstable();
-            }
-            let pages = Pages { block_size: bs, blocks: &blocks, starts: &starts };
-            let rows = next(40);
-            let (seq, pos) = (next(4), next(30));
-            let want = (0..=pos).all(|t| pages.cache_row(seq, t, rows).is_ok());
-            assert_eq!(
-                check_context(&pages, seq, pos, rows).is_ok(),
-                want,
-                "{pages:?} seq {seq} pos {pos} rows {rows}"
-            );
-        }
-    }
 
     #[test]
     fn decode_splits_cover_the_keys() {
