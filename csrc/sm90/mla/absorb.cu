@@ -8,8 +8,8 @@
 //               (N = kv_lora); the blocks of the first column tile also copy q_rope.
 // - absorb_out: a_h = the latent of head h (K = kv_lora), b_h(k, n) = W[h (nope + v) + nope + n, k]
 //               (N = v).
-// Each block computes a 64x64 tile of one head's product as the simple GEMM does
-// (csrc/sm90/gemm/gemm.cu): 32 columns of K of a and b staged in shared memory as f32, k-major,
+// Each block computes a 64x64 tile of one head's product with the GEMM family's SIMT tile
+// (csrc/sm90/gemm/tile.cuh): 32 columns of K of a and b staged in shared memory as f32, k-major,
 // each of the 16x16 threads accumulating 4x4 outputs with FMAs in k order.
 //
 // Numerics against the CPU: the same f32 products summed in another order (tests/cuda_mla.rs
@@ -18,23 +18,14 @@
 
 #include "flashseek/params.h"
 #include "../../common/fp8.cuh"
+#include "../gemm/tile.cuh"
 
 namespace {
 
-constexpr unsigned kTile = FLASHSEEK_MLA_ABSORB_TILE;
-constexpr unsigned kThreads = FLASHSEEK_MLA_ABSORB_THREADS;
-constexpr unsigned kStep = 32;
-constexpr unsigned kSide = 16;
-constexpr unsigned kPer = kTile / kSide;
+namespace tile = flashseek::tile;
 constexpr unsigned kBlock = FLASHSEEK_FP8_GROUP;
-static_assert(kSide * kSide == kThreads, "one thread per 4x4 outputs of the tile");
-
-// One staged step: [k][row of a or column of b], padded by one so that stores along k fall in
-// distinct banks.
-struct Stage {
-    float a[kStep][kTile + 1];
-    float b[kStep][kTile + 1];
-};
+static_assert(FLASHSEEK_MLA_ABSORB_TILE == tile::kTile && FLASHSEEK_MLA_ABSORB_THREADS == tile::kThreads,
+              "the launcher's tile and block are the GEMM tile's");
 
 // Element (row, col) of kv_b ([rows, kv_lora]) as f32: f32 as is, bf16 and f16 widened
 // exactly, e4m3 codes times their 128x128 block's scale rounded to f32 (the CPU's
@@ -64,9 +55,9 @@ __device__ __forceinline__ void absorb(const MlaAbsorbParams& p) {
     if (h >= p.heads) {
         return;
     }
-    const unsigned m0 = blockIdx.x % per_head / p.tiles_n * kTile;
+    const unsigned m0 = blockIdx.x % per_head / p.tiles_n * tile::kTile;
     const unsigned tile_n = blockIdx.x % p.tiles_n;
-    const unsigned n0 = tile_n * kTile;
+    const unsigned n0 = tile_n * tile::kTile;
     const unsigned qk = p.nope + p.rope;
     const unsigned k_dim = kOut ? p.kv_lora : p.nope;
     const unsigned n_dim = kOut ? p.v : p.kv_lora;
@@ -78,24 +69,16 @@ __device__ __forceinline__ void absorb(const MlaAbsorbParams& p) {
     const size_t w_row0 = static_cast<size_t>(h) * (p.nope + p.v) + (kOut ? p.nope : 0);
     const float* a = p.x + h * a_head;
 
-    __shared__ Stage st;
-    float acc[kPer][kPer] = {};
-    const unsigned ty = threadIdx.x / kSide;
-    const unsigned tx = threadIdx.x % kSide;
-    for (unsigned k0 = 0; k0 < k_dim; k0 += kStep) {
-        // a: consecutive threads take consecutive k of a row (coalesced).
-        for (unsigned e = threadIdx.x; e < kTile * kStep; e += kThreads) {
-            const unsigned r = e / kStep;
-            const unsigned c = e % kStep;
-            const unsigned row = m0 + r;
-            const unsigned col = k0 + c;
-            st.a[c][r] = row < p.rows && col < k_dim ? a[row * a_stride + col] : 0.0f;
-        }
+    const tile::Span span{m0, p.rows, n0, n_dim, k_dim};
+    __shared__ tile::Stage st;
+    float acc[tile::kPer][tile::kPer] = {};
+    for (unsigned k0 = 0; k0 < k_dim; k0 += tile::kStep) {
+        tile::stage(st.a, m0, p.rows, k0, k_dim, [&](unsigned row, unsigned col) { return a[row * a_stride + col]; });
         // b: consecutive threads along the weight's rows in memory, k for absorb_out, n for
         // absorb_q.
-        for (unsigned e = threadIdx.x; e < kTile * kStep; e += kThreads) {
-            const unsigned c = kOut ? e % kStep : e / kTile;
-            const unsigned n = kOut ? e / kStep : e % kTile;
+        for (unsigned e = threadIdx.x; e < tile::kTile * tile::kStep; e += tile::kThreads) {
+            const unsigned c = kOut ? e % tile::kStep : e / tile::kTile;
+            const unsigned n = kOut ? e / tile::kStep : e % tile::kTile;
             const unsigned col = n0 + n;
             const unsigned k = k0 + c;
             float w = 0.0f;
@@ -105,40 +88,14 @@ __device__ __forceinline__ void absorb(const MlaAbsorbParams& p) {
             st.b[c][n] = w;
         }
         __syncthreads();
-#pragma unroll 4
-        for (unsigned c = 0; c < kStep; ++c) {
-            float av[kPer];
-            float bv[kPer];
-#pragma unroll
-            for (unsigned i = 0; i < kPer; ++i) {
-                av[i] = st.a[c][ty + i * kSide];
-                bv[i] = st.b[c][tx + i * kSide];
-            }
-#pragma unroll
-            for (unsigned i = 0; i < kPer; ++i) {
-#pragma unroll
-                for (unsigned j = 0; j < kPer; ++j) {
-                    acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-                }
-            }
-        }
+        tile::multiply(st, acc);
         // The next step overwrites the stage: every thread must be done reading it.
         __syncthreads();
     }
     float* out = p.out + h * out_head;
-#pragma unroll
-    for (unsigned i = 0; i < kPer; ++i) {
-        const unsigned row = m0 + ty + i * kSide;
-#pragma unroll
-        for (unsigned j = 0; j < kPer; ++j) {
-            const unsigned col = n0 + tx + j * kSide;
-            if (row < p.rows && col < n_dim) {
-                out[row * out_stride + col] = acc[i][j];
-            }
-        }
-    }
+    tile::store(span, acc, [&](unsigned row) { return out + row * out_stride; });
     if (!kOut && tile_n == 0) {
-        for (unsigned e = threadIdx.x; e < kTile * p.rope; e += kThreads) {
+        for (unsigned e = threadIdx.x; e < tile::kTile * p.rope; e += tile::kThreads) {
             const unsigned row = m0 + e / p.rope;
             const unsigned c = e % p.rope;
             if (row < p.rows) {
