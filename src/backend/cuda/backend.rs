@@ -7,7 +7,7 @@
 //! workspace settles after the first steps and then allocates nothing; launchers use the first
 //! `rows * cols` values of a buffer.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use super::{product, CudaDevice, CudaExperts, CudaLinear};
 use crate::backend::{
@@ -32,6 +32,14 @@ impl CudaBackend {
     /// The device, for its launchers.
     pub fn device(&self) -> &CudaDevice {
         &self.dev
+    }
+
+    /// Makes `buf` hold at least `len` values: a new buffer (contents lost) only to grow.
+    fn grow<T: DeviceRepr + ValidAsZeroBits>(&self, buf: &mut CudaSlice<T>, len: usize) -> Result<()> {
+        if buf.len() < len {
+            *buf = self.dev.zeros(len)?;
+        }
+        Ok(())
     }
 }
 
@@ -78,10 +86,7 @@ impl Backend for CudaBackend {
     }
 
     fn resize(&self, t: &mut Tensor<Self>, rows: usize, cols: usize) -> Result<()> {
-        let len = product(rows, cols, "resize")?;
-        if t.buf.len() < len {
-            t.buf = self.dev.zeros(len)?;
-        }
+        self.grow(&mut t.buf, product(rows, cols, "resize")?)?;
         t.rows = rows;
         t.cols = cols;
         Ok(())
@@ -109,10 +114,7 @@ impl Backend for CudaBackend {
     }
 
     fn resize_ints(&self, t: &mut IntTensor<Self>, rows: usize, cols: usize) -> Result<()> {
-        let len = product(rows, cols, "resize_ints")?;
-        if t.buf.len() < len {
-            t.buf = self.dev.zeros(len)?;
-        }
+        self.grow(&mut t.buf, product(rows, cols, "resize_ints")?)?;
         t.rows = rows;
         t.cols = cols;
         Ok(())
@@ -138,8 +140,7 @@ impl Backend for CudaBackend {
     fn load_vector(&self, v: &HostTensor) -> Result<Tensor<Self>> {
         let data = v.to_f32();
         let n = data.len();
-        let buf = if data.is_empty() { self.dev.zeros(1)? } else { self.dev.upload(&data)? };
-        Ok(Tensor { buf, rows: 1, cols: n })
+        Ok(Tensor { buf: self.dev.upload_nonempty(&data)?, rows: 1, cols: n })
     }
 
     fn load_experts(&self, experts: &[HostExpert]) -> Result<CudaExperts> {
