@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::values;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use flashseek::backend::{Backend, CpuBackend};
 use flashseek::fp8::{round_e4m3, ScaleFmt};
@@ -21,18 +22,6 @@ const SHAPES: [(&str, usize, usize); 6] = [
     ("down 1792x512", 1792, 512),
 ];
 const ROWS: [usize; 3] = [1, 16, 128];
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
 
 fn fp8_weight(n: usize, k: usize) -> HostLinear {
     let w = values(n * k, 7);

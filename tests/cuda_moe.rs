@@ -15,7 +15,7 @@ use cuda_common::*;
 use cudarc::driver::CudaSlice;
 use flashseek::backend::cuda::{CudaDevice, MoeLayout};
 use flashseek::backend::{Backend, CpuBackend, HostExpert, RouterParams};
-use flashseek::fp8::{group_scale, round_e4m3, round_trip_row, ScaleFmt, E4M3_MAX, E4M3_TO_F32};
+use flashseek::fp8::{group_scale, round_e4m3, round_trip_row, ScaleFmt, E4M3_MAX};
 use flashseek::model::weights::{HostLinear, HostTensor};
 use flashseek::tensor::IntTensor;
 use proptest::prelude::*;
@@ -152,25 +152,10 @@ fn route_matches_cpu() {
 /// times block scale, rounded to f32, as the CPU dequantizes). FP8 codes are never NaN here: one
 /// NaN weight would make whole experts NaN (NaN propagation is the GEMM family's test).
 fn expert_linear(rng: &mut Rng, fmt: WeightFmt, n: usize, k: usize) -> (HostLinear, Vec<f32>) {
-    let WeightFmt::Fp8 = fmt else { return random_linear(rng, fmt, n, k) };
-    let codes: Vec<u8> = (0..n * k)
-        .map(|_| {
-            let c = (rng.next_u64() >> 56) as u8;
-            if c & 0x7f == 0x7f {
-                c ^ 1
-            } else {
-                c
-            }
-        })
-        .collect();
-    let kb = k.div_ceil(128);
-    let scales: Vec<f32> = (0..n.div_ceil(128) * kb).map(|_| 2f32.powf(rng.range(-14.0, -6.0))).collect();
-    let values = codes
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| E4M3_TO_F32[c as usize] * scales[i / k / 128 * kb + i % k / 128])
-        .collect();
-    (HostLinear { weight: HostTensor::from_e4m3("w", vec![n, k], codes), scale_inv: Some(scales) }, values)
+    match fmt {
+        WeightFmt::Fp8 => random_fp8_linear(rng, n, k, 0),
+        _ => random_linear(rng, fmt, n, k),
+    }
 }
 
 /// The values of one expert's projections, as both backends multiply them.

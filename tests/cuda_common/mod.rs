@@ -221,30 +221,34 @@ pub fn random_linear(rng: &mut Rng, fmt: WeightFmt, n: usize, k: usize) -> (Host
             let values = v.iter().map(|h| h.to_f32()).collect();
             (HostLinear { weight: HostTensor::from_f16("w", shape, &v), scale_inv: None }, values)
         }
-        WeightFmt::Fp8 => {
-            // Every code, the NaN ones (0x7f, 0xff) kept only one time in 4096: a NaN weight
-            // makes its whole output column NaN.
-            let codes: Vec<u8> = (0..n * k)
-                .map(|_| {
-                    let c = (rng.next_u64() >> 56) as u8;
-                    if c & 0x7f == 0x7f && rng.below(4096) != 0 {
-                        c ^ 1
-                    } else {
-                        c
-                    }
-                })
-                .collect();
-            // Block scales of the magnitude of real `weight_scale_inv`s.
-            let kb = k.div_ceil(128);
-            let scales: Vec<f32> = (0..n.div_ceil(128) * kb).map(|_| 2f32.powf(rng.range(-14.0, -6.0))).collect();
-            let values = codes
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| E4M3_TO_F32[c as usize] * scales[i / k / 128 * kb + i % k / 128])
-                .collect();
-            (HostLinear { weight: HostTensor::from_e4m3("w", shape, codes), scale_inv: Some(scales) }, values)
-        }
+        // A NaN weight makes its whole output column NaN: one NaN code in 4096 is plenty.
+        WeightFmt::Fp8 => random_fp8_linear(rng, n, k, 4096),
     }
+}
+
+/// A random `[n, k]` FP8 weight with block scales of the magnitude of real `weight_scale_inv`s,
+/// and its values as both backends multiply them (code times block scale, rounded to f32).
+/// Every code is drawn, the NaN ones (0x7f, 0xff) kept only one time in `nan_odds` (never
+/// where it is 0).
+pub fn random_fp8_linear(rng: &mut Rng, n: usize, k: usize, nan_odds: usize) -> (HostLinear, Vec<f32>) {
+    let codes: Vec<u8> = (0..n * k)
+        .map(|_| {
+            let c = (rng.next_u64() >> 56) as u8;
+            if c & 0x7f == 0x7f && (nan_odds == 0 || rng.below(nan_odds) != 0) {
+                c ^ 1
+            } else {
+                c
+            }
+        })
+        .collect();
+    let kb = k.div_ceil(128);
+    let scales: Vec<f32> = (0..n.div_ceil(128) * kb).map(|_| 2f32.powf(rng.range(-14.0, -6.0))).collect();
+    let values = codes
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| E4M3_TO_F32[c as usize] * scales[i / k / 128 * kb + i % k / 128])
+        .collect();
+    (HostLinear { weight: HostTensor::from_e4m3("w", vec![n, k], codes), scale_inv: Some(scales) }, values)
 }
 
 /// `Σ_k |x[i, k]| · |w[j, k]|` in f64 for every output (i, j): the scale of a dot product's
