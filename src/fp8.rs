@@ -76,6 +76,24 @@ pub fn group_scale(amax: f32, fmt: ScaleFmt) -> f32 {
     }
 }
 
+/// The e4m3fn code nearest `x` (within ±448; ties to even), sign of zero kept, NaN as 0x7f or
+/// 0xff: the byte [`E4M3_TO_F32`] maps back to [`round_e4m3`]`(x)`.
+pub fn e4m3_code(x: f32) -> u8 {
+    let sign = if x.is_sign_negative() { 0x80 } else { 0 };
+    if x.is_nan() {
+        return sign | 0x7f;
+    }
+    let a = round_e4m3(x).abs();
+    let mag = if a < 1.0 / 64.0 {
+        // Subnormals (and 2^-6, code 8) are multiples of 2^-9 whose code is that multiple.
+        (a * 512.0) as u8
+    } else {
+        let bits = a.to_bits();
+        ((((bits >> 23) - 120) << 3) | ((bits >> 20) & 7)) as u8
+    };
+    sign | mag
+}
+
 /// Quantizes one group to e4m3 with `scale` and returns the dequantized values in place.
 #[inline]
 pub fn round_trip_group(group: &mut [f32], scale: f32) {
@@ -114,6 +132,22 @@ mod tests {
                 assert_eq!(round_e4m3(v), v, "code {b:#x}");
             }
         }
+    }
+
+    #[test]
+    fn every_code_is_the_code_of_its_value() {
+        for c in 0..=255u8 {
+            let v = E4M3_TO_F32[c as usize];
+            if v.is_nan() {
+                assert_eq!(e4m3_code(v) & 0x7f, 0x7f, "code {c:#x}");
+            } else {
+                assert_eq!(e4m3_code(v), c, "code {c:#x}");
+            }
+        }
+        assert_eq!(e4m3_code(448.0), 0x7e);
+        assert_eq!(e4m3_code(-0.0), 0x80);
+        assert_eq!(e4m3_code(1.0 / 1024.0), 0x00, "half the smallest subnormal ties to even zero");
+        assert_eq!(e4m3_code(3.0 / 1024.0), 0x02);
     }
 
     #[test]

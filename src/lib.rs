@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod fp8;
 pub mod kv_cache;
+pub mod kv_layout;
 pub mod metrics;
 pub mod model;
 pub mod server;

@@ -1,14 +1,11 @@
 //! The MoE family on CUDA against the CPU backend: `route` (DeepSeek's `noaux_tc` router, the
 //! CPU's experts in the CPU's order and its weights bit for bit) and `moe_experts` (the grouped
 //! expert GEMMs in both layouts, within a bound derived below), plus bad shapes and bad expert
-//! ids. Without a GPU each test says so and passes (`FLASHSEEK_REQUIRE_GPU=1` fails instead),
-//! except the host check of the device's expf, which needs a C++ compiler only.
+//! ids. Without a GPU each test says so and passes (`FLASHSEEK_REQUIRE_GPU=1` fails instead).
+//! The device's expf is checked on the host (tests/host_headers.rs).
 #![cfg(feature = "cuda")]
 
 mod cuda_common;
-
-use std::path::PathBuf;
-use std::process::Command;
 
 use cuda_common::Rng;
 use cuda_common::*;
@@ -27,60 +24,6 @@ fn ints(rows: usize, cols: usize, data: Vec<i32>) -> IntTensor<CpuBackend> {
 
 fn upload_ints(dev: &CudaDevice, data: &[i32]) -> CudaSlice<i32> {
     dev.upload(if data.is_empty() { &[0] } else { data }).expect("upload")
-}
-
-// ---- the device's expf: glibc's, checked against the host's ----
-
-/// `csrc/common/expf.cuh` compiled for the host (no FMA contraction, as the device runs it) over
-/// every 509th f32 bit pattern (NaNs, infinities, subnormals and the overflow and underflow
-/// edges among them), against Rust's `f32::exp`, the CPU backend's: the router's sigmoid is only
-/// the CPU's if these agree. Needs a C++ compiler (`c++`) and a glibc host; skips otherwise.
-#[test]
-fn device_expf_is_the_host_expf() {
-    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
-        eprintln!("skipping the expf check: the port is glibc's expf, this host's libm is another");
-        return;
-    }
-    const STEP: u64 = 509;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let src = dir.join("expf_host.cpp");
-    let exe = dir.join("expf_host");
-    let program = format!(
-        "#include \"common/expf.cuh\"\n#include <cstdio>\n#include <cstring>\nint main() {{\n  for (unsigned long long \
-         u = 0; u < (1ull << 32); u += {STEP}) {{\n    float x; unsigned b = (unsigned)u; std::memcpy(&x, &b, 4);\n    \
-         float y = flashseek::glibc_expf(x); std::fwrite(&y, 4, 1, stdout);\n  }}\n}}\n"
-    );
-    std::fs::write(&src, program).expect("write the expf program");
-    let built = Command::new("c++")
-        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-I"])
-        .arg(root.join("csrc"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .output();
-    match built {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!("compiling csrc/common/expf.cuh for the host failed:\n{}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => {
-            eprintln!("skipping the expf check: no C++ compiler (`c++`): {e}");
-            return;
-        }
-    }
-    let out = Command::new(&exe).output().expect("run the expf program");
-    assert!(out.status.success(), "the expf program failed");
-    let got: Vec<f32> = out.stdout.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    assert_eq!(got.len() as u64, (1u64 << 32).div_ceil(STEP));
-    let mut bad = Vec::new();
-    for (i, &g) in got.iter().enumerate() {
-        let x = f32::from_bits((i as u64 * STEP) as u32);
-        let want = x.exp();
-        if g.to_bits() != want.to_bits() && !(g.is_nan() && want.is_nan()) {
-            bad.push(format!("exp({x:e}): port {g:e}, host {want:e}"));
-        }
-    }
-    assert!(bad.is_empty(), "{} of {} inputs differ, e.g. {:?}", bad.len(), got.len(), &bad[..bad.len().min(5)]);
-    eprintln!("expf: the device's port equals the host's f32::exp on {} inputs", got.len());
 }
 
 // ---- route ----

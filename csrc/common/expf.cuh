@@ -4,7 +4,7 @@
 // rounded exp on about 6 inputs in 10^4 in [-6, 6], enough to change which expert wins a close
 // race. This is sysdeps/ieee754/flt-32/e_expf.c with the fused multiply-adds of its FMA build
 // (the variant x86-64 glibc selects on CPUs with FMA, disassembled from libm 2.36; aarch64 builds
-// fuse the same operations), constants as the library holds them. `tests/expf_host.rs` compiles
+// fuse the same operations), constants as the library holds them. `tests/host_headers.rs` compiles
 // this header on the host and compares it with the system's expf.
 //
 // Plain C++ on the host (no contraction: build with -ffp-contract=off), explicitly rounded
@@ -14,11 +14,7 @@
 #include <cmath>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define FLASHSEEK_HOST_DEVICE __host__ __device__
-#else
-#define FLASHSEEK_HOST_DEVICE
-#endif
+#include "host_device.cuh"
 
 namespace flashseek {
 namespace glibc_expf_detail {
