@@ -208,6 +208,13 @@ typedef struct IndexerParams {
 #define FLASHSEEK_INDEXER_FP8_DIM 128
 #define FLASHSEEK_INDEXER_FP8_HEADS 64
 #define FLASHSEEK_INDEXER_FP8_BINS 2048
+// Threads and dynamic shared memory of the two kernels (indexer_fast.cuh's, checked there): the
+// top-k's grows by 8 bytes per 32 positions of its rows, up to the 227 KB a CTA may have.
+#define FLASHSEEK_INDEXER_FP8_THREADS 384
+#define FLASHSEEK_INDEXER_FP8_TOPK_THREADS 512
+#define FLASHSEEK_INDEXER_FP8_LOGITS_SMEM 101504
+#define FLASHSEEK_INDEXER_FP8_TOPK_SMEM 73984
+#define FLASHSEEK_INDEXER_FP8_MAX_SMEM 232448
 typedef struct IndexerFp8Params {
     const unsigned char* q;
     const float* q_scales;

@@ -21,7 +21,9 @@ namespace {
 using namespace flashseek::indexer_fast;
 
 static_assert(FLASHSEEK_INDEXER_FP8_DIM == kDim && FLASHSEEK_INDEXER_FP8_HEADS == kHeads &&
-                  FLASHSEEK_INDEXER_FP8_BINS == kBins,
+                  FLASHSEEK_INDEXER_FP8_BINS == kBins && FLASHSEEK_INDEXER_FP8_THREADS == kThreads &&
+                  FLASHSEEK_INDEXER_FP8_LOGITS_SMEM == LogitsSmem::dynamic_bytes &&
+                  LogitsSmem::dynamic_bytes <= FLASHSEEK_INDEXER_FP8_MAX_SMEM,
               "params.h and indexer_fast.cuh agree");
 static_assert(kAccRegs == 64, "the wgmma below is m64n128: 64 accumulators per thread");
 

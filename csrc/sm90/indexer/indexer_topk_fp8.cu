@@ -24,6 +24,10 @@ static_assert(kWarps <= kWarp, "one warp scans the warps' sums");
 static_assert(kBins % kTopkThreads == 0 && (1u << kRefineBits1) % kTopkThreads == 0,
               "every thread takes whole bins");
 static_assert(2 * kWarps + 4 <= TopkSmem::scratch_words, "the scans' sums and the shared values fit");
+static_assert(FLASHSEEK_INDEXER_FP8_TOPK_THREADS == kTopkThreads && FLASHSEEK_INDEXER_FP8_BINS == kBins &&
+                  FLASHSEEK_INDEXER_FP8_TOPK_SMEM == TopkSmem::tied(0) &&
+                  TopkSmem::bytes(32) == FLASHSEEK_INDEXER_FP8_TOPK_SMEM + 8,
+              "params.h and indexer_fast.cuh agree: a fixed part, then 8 bytes per 32 positions");
 
 // Exclusive prefix sum of `v` over the block in thread order, and the total in `total`. Every
 // thread calls it; `sums` (kWarps words) is free again when it returns.
