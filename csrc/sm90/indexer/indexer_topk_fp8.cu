@@ -143,6 +143,10 @@ extern "C" __global__ void __launch_bounds__(kTopkThreads)
         tied[i] = 0;
     }
     if (threadIdx.x == 0) {
+        // Bin 0 where a histogram that disagrees with the logits has no bin of rank k: the
+        // selection is then wrong, but every access stays in bounds.
+        shared[0] = 0;
+        shared[1] = 0;
         shared[2] = 0;
     }
     __syncthreads();
