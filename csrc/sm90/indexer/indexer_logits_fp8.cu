@@ -259,14 +259,15 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         const unsigned r = q >> 1;
         const float score = (half == 0 ? (r == 0 ? v[0][0] : v[0][1]) : (r == 0 ? v[1][0] : v[1][1])) + 0.0f;
         const unsigned t = (page0 + j) * kKeys + acc_row(warp, lane, 2u * half);
+        const bool scored = r < n_rows && t <= (r == 0 ? pos[0] : pos[1]);
         if (r < n_rows) {
-            float* out = p.logits + static_cast<size_t>(entry0 + r) * p.stride;
-            if (t <= (r == 0 ? pos[0] : pos[1])) {
-                out[t] = score;
-                atomicAdd(&hist[r * kBins + hist_bin(order_key(__float_as_uint(score)))], 1u);
-            } else {
-                out[t] = -INFINITY;
-            }
+            p.logits[static_cast<size_t>(entry0 + r) * p.stride + t] = scored ? score : -INFINITY;
+        }
+        // Nearby scores share a bin: the lanes of one bin add once (whole warps call this).
+        const unsigned bin = scored ? r * kBins + hist_bin(order_key(__float_as_uint(score))) : ~0u;
+        const unsigned peers = __match_any_sync(kFullMask, bin);
+        if (scored && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
+            atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
         }
     }
 
