@@ -14,9 +14,10 @@ use common::values;
 use criterion::{BenchmarkId, Criterion};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
-use flashseek::backend::cuda::{CudaDevice, CudaLinear, MoeLayout};
+use flashseek::backend::cuda::{CudaDevice, CudaLinear, IndexerFp8Input, MoeLayout};
 use flashseek::backend::{HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
 use flashseek::fp8::ScaleFmt;
+use flashseek::kv_layout::IndexFp8;
 use flashseek::model::weights::{blocks, HostLinear, HostTensor};
 use half::bf16;
 
@@ -418,6 +419,90 @@ fn indexer_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>
     }
 }
 
+/// The Hopper indexer on the FP8 cache (64 heads x 128, top 2048) beside the simple kernels
+/// above: the logits step alone (TFLOP/s, the target 800 at long context; bytes are the
+/// FP8 keys and scales read), the whole call, and the top-k step alone at 32k and 128k (bytes:
+/// the logits read once). Decode: 64 sequences, one query each at the end of its context;
+/// prefill: 1024 queries at the end of one context.
+fn indexer_fp8_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    let (heads, k, chunk) = (64, 2048, 1024);
+    let layout = IndexFp8::new(128, ScaleFmt::Exact).expect("dim 128");
+    // One page of codes (no NaN code) and scales, repeated over the cache.
+    let mut page: Vec<u8> = values(64 * 128, 34).iter().map(|v| ((v + 0.5) * 254.0) as u8 & 0xf7).collect();
+    page.extend((0..64).flat_map(|_| (1.0f32 / 256.0).to_le_bytes()));
+    let q_codes: Vec<u8> = values(chunk * heads * 128, 35).iter().map(|v| ((v + 0.5) * 254.0) as u8 & 0xf7).collect();
+    let q_codes = dev.upload(&q_codes).expect("q codes");
+    let q_scales = dev.upload(&vec![1.0f32 / 64.0; chunk * heads]).expect("q scales");
+    let weights = dev.upload(&values(chunk * heads, 36)).expect("weights");
+    for ctx in [4096, 16384, 32768, 65536, 131072] {
+        let batch = 64;
+        let (blocks, starts, rows) = private_pages(batch, ctx);
+        let cache_pages = rows / 64;
+        let Ok(cache) = dev.upload(&page.repeat(cache_pages)) else {
+            eprintln!("indexer fp8 {batch}x{ctx}: the cache does not fit on this GPU");
+            continue;
+        };
+        let pages = Pages { block_size: 64, blocks: &blocks, starts: &starts };
+        let decode_pos = vec![ctx as u32 - 1; batch];
+        let decode_seq: Vec<u32> = (0..batch as u32).collect();
+        let prefill_pos: Vec<u32> = (ctx - chunk..ctx).map(|p| p as u32).collect();
+        let prefill_seq = vec![0u32; chunk];
+        let mut out = dev.zeros::<i32>(chunk * k).expect("out");
+        let mut hist = dev.zeros::<u32>(chunk * 2048).expect("histograms");
+        let Ok(mut logits) = dev.zeros::<f32>(chunk * ctx) else {
+            eprintln!("indexer fp8 q{chunk} ctx{ctx}: the logits do not fit on this GPU");
+            continue;
+        };
+        for (name, pos, seq) in [("decode", &decode_pos, &decode_seq), ("prefill", &prefill_pos, &prefill_seq)] {
+            let x = IndexerFp8Input {
+                q_codes: &q_codes,
+                q_scales: &q_scales,
+                weights: &weights,
+                rows: pos.len(),
+                heads,
+                weight_scale: 0.1,
+                cache: &cache,
+                layout,
+                cache_pages,
+                queries: Queries { pos, seq },
+                pages,
+            };
+            let keys: usize = pos.iter().map(|&p| p as usize + 1).sum();
+            let flops = 2.0 * (heads * 128 * keys) as f64;
+            // Decode reads every key once per query; a prefill chunk's queries share them.
+            let key_bytes = if name == "decode" { keys } else { ctx } * layout.page_bytes() / 64;
+            let id = if name == "decode" { format!("b{batch} ctx{ctx}") } else { format!("q{chunk} ctx{ctx}") };
+            bench(
+                c,
+                dev,
+                entries,
+                (&format!("indexer_logits_fp8 {name}"), id.clone()),
+                (flops, key_bytes as f64),
+                || dev.indexer_logits_fp8(&x, &mut logits, &mut hist).map(drop).expect("indexer_logits_fp8"),
+            );
+            bench(
+                c,
+                dev,
+                entries,
+                (&format!("indexer_topk_fp8 {name} top-2048"), id),
+                (flops, key_bytes as f64),
+                || dev.indexer_topk_fp8(&x, &mut out, k).expect("indexer_topk_fp8"),
+            );
+            if name == "decode" && (ctx == 32768 || ctx == 131072) {
+                let stride = dev.indexer_logits_fp8(&x, &mut logits, &mut hist).expect("indexer_logits_fp8");
+                bench(
+                    c,
+                    dev,
+                    entries,
+                    ("indexer_select_fp8 top-2048", format!("b{batch} ctx{ctx}")),
+                    (0.0, (4 * batch * ctx) as f64),
+                    || dev.indexer_select_fp8(&logits, &hist, stride, pos, &mut out, k).expect("indexer_select_fp8"),
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let dev = match CudaDevice::new(0) {
         Ok(d) => d,
@@ -444,6 +529,7 @@ fn main() {
     mla_benches(&mut c, &dev, &mut entries);
     mla_path_benches(&mut c, &dev, &mut entries);
     indexer_benches(&mut c, &dev, &mut entries);
+    indexer_fp8_benches(&mut c, &dev, &mut entries);
     c.final_summary();
 
     println!(

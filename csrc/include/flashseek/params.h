@@ -190,6 +190,55 @@ typedef struct IndexerParams {
     float weight_scale;
 } IndexerParams;
 
+// The Hopper lightning indexer (csrc/sm90/indexer/indexer_{logits,topk}_fp8.cu; index math in
+// indexer_fast.cuh): FP8 queries (e4m3 codes [rows, heads, FLASHSEEK_INDEXER_FP8_DIM], one f32
+// scale per head row) against the FP8 index key cache (kv_layout.cuh's IndexFp8 at dim 128,
+// pages of 64 positions = the block tables' blocks). Both kernels run over the n_rows list
+// entries rows[0..n_rows] of one chunk (indices into pos, seq, q, q_scales, weights and out);
+// entry r owns logits[r * stride ..][0..stride) and hist[r * FLASHSEEK_INDEXER_FP8_BINS ..].
+// - indexer_logits_fp8: the entries come in n_groups groups, group g = entries groups[g] ..
+//   groups[g + 1] (1 or 2 rows of one sequence); group g's CTAs are cta_start[g] ..
+//   cta_start[g + 1], each scoring pages_per_split of the group's pages. logits[r, t] =
+//   k_scale(t) * sum_h weights[i, h] * weight_scale * q_scales[i, h] * max(q8[i, h] . k8(t), 0)
+//   for t <= pos[i], -inf for the other positions of the pages the group reads; hist[r, b]
+//   counts the row's scores whose order key's top bits are b (the host zeroes it first).
+// - indexer_topk_fp8: out[i, 0..k] = the k positions of the largest logits of entry r,
+//   ascending, ties to the earlier position (the simple indexer_topk's selection); a row with
+//   pos[i] + 1 <= k gets 0..=pos[i] then -1s without reading logits. One CTA per entry.
+#define FLASHSEEK_INDEXER_FP8_DIM 128
+#define FLASHSEEK_INDEXER_FP8_HEADS 64
+#define FLASHSEEK_INDEXER_FP8_BINS 2048
+// Threads and dynamic shared memory of the two kernels (indexer_fast.cuh's, checked there): the
+// top-k's grows by 8 bytes per 32 positions of its rows, up to the 227 KB a CTA may have.
+#define FLASHSEEK_INDEXER_FP8_THREADS 384
+#define FLASHSEEK_INDEXER_FP8_TOPK_THREADS 512
+#define FLASHSEEK_INDEXER_FP8_LOGITS_SMEM 101504
+#define FLASHSEEK_INDEXER_FP8_TOPK_SMEM 73984
+#define FLASHSEEK_INDEXER_FP8_MAX_SMEM 232448
+typedef struct IndexerFp8Params {
+    const unsigned char* q;
+    const float* q_scales;
+    const float* weights;
+    const unsigned char* cache;
+    const unsigned int* blocks;
+    const unsigned int* starts;
+    const unsigned int* pos;
+    const unsigned int* seq;
+    const unsigned int* rows;
+    const unsigned int* groups;
+    const unsigned int* cta_start;
+    float* logits;
+    unsigned int* hist;
+    int* out;
+    unsigned int n_rows;
+    unsigned int n_groups;
+    unsigned int pages_per_split;
+    unsigned int stride;
+    unsigned int heads;
+    unsigned int k;
+    float weight_scale;
+} IndexerFp8Params;
+
 // ---- The MLA family (csrc/sm90/mla/): the paged latent cache, absorption, attention ----
 
 // Threads per block of kv_copy (one block per copied row).

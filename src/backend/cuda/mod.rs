@@ -14,6 +14,7 @@ mod elementwise;
 mod embedding;
 mod gemm;
 mod indexer;
+mod indexer_fast;
 mod mla;
 mod moe;
 mod norm;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 pub use backend::CudaBackend;
 pub use gemm::CudaLinear;
+pub use indexer_fast::IndexerFp8Input;
 pub use moe::{CudaExperts, MoeLayout};
 
 use cudarc::driver::{
@@ -52,6 +54,7 @@ unsafe impl DeviceRepr for params::ArgmaxParams {}
 unsafe impl DeviceRepr for params::ActQuantParams {}
 unsafe impl DeviceRepr for params::GemmParams {}
 unsafe impl DeviceRepr for params::IndexerParams {}
+unsafe impl DeviceRepr for params::IndexerFp8Params {}
 unsafe impl DeviceRepr for params::KvCopyParams {}
 unsafe impl DeviceRepr for params::MlaAbsorbParams {}
 unsafe impl DeviceRepr for params::MlaDecodeParams {}
@@ -92,6 +95,8 @@ struct Kernels {
     gemm_we4m3: CudaFunction,
     indexer_logits: CudaFunction,
     indexer_topk: CudaFunction,
+    indexer_logits_fp8: CudaFunction,
+    indexer_topk_fp8: CudaFunction,
     kv_copy: CudaFunction,
     absorb_q: CudaFunction,
     absorb_out: CudaFunction,
@@ -166,6 +171,8 @@ impl CudaDevice {
             gemm_we4m3: load("gemm_we4m3")?,
             indexer_logits: load("indexer_logits")?,
             indexer_topk: load("indexer_topk")?,
+            indexer_logits_fp8: load("indexer_logits_fp8")?,
+            indexer_topk_fp8: load("indexer_topk_fp8")?,
             kv_copy: load("kv_copy")?,
             absorb_q: load("absorb_q")?,
             absorb_out: load("absorb_out")?,
@@ -184,6 +191,7 @@ impl CudaDevice {
             moe_gemm_wf16: load("moe_gemm_wf16")?,
             moe_gemm_we4m3: load("moe_gemm_we4m3")?,
         };
+        Self::init_indexer_fp8(&kernels.indexer_logits_fp8, &kernels.indexer_topk_fp8)?;
         Ok(Self { stream: ctx.default_stream(), kernels })
     }
 
