@@ -149,6 +149,21 @@ typedef struct GemmParams {
     unsigned int k;
 } GemmParams;
 
+// The Hopper FP8 GEMM (csrc/sm90/gemm/fp8_gemm.cu): fp8_gemm's product (same a, a_scales, b,
+// b_scales and out as GemmParams), with a and b read by TMA through two tensor maps the kernels
+// take before these params (a: [m, k] bytes, b: [n, k] bytes, boxes of 128 columns by the
+// tile's rows, 128B swizzle, zero fill past the edges). One kernel per tile shape,
+// `flashseek_fp8_gemm_wgmma_m<block_m>n<block_n>_f32`, persistent over the tiles; the tile math
+// is in csrc/sm90/gemm/fp8_gemm.cuh. m, n below 2^31, k a multiple of 16 (TMA row strides).
+typedef struct Fp8GemmWgmmaParams {
+    const float* a_scales;
+    const float* b_scales;
+    float* out;
+    unsigned int m;
+    unsigned int n;
+    unsigned int k;
+} Fp8GemmWgmmaParams;
+
 // The lightning indexer (csrc/sm90/indexer/indexer.cu). Logits: one block of
 // FLASHSEEK_INDEXER_THREADS threads scores FLASHSEEK_INDEXER_POSITIONS consecutive positions of
 // one query row; keys are at most FLASHSEEK_INDEXER_MAX_DIM wide (held in registers).
