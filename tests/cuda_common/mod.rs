@@ -282,3 +282,16 @@ pub fn abs_dots(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> 
 pub fn gemm_bound(p: f64, k: usize) -> f64 {
     (k + k.div_ceil(128) + 132) as f64 * ULP * p * 1.01 + f64::from(f32::MIN_POSITIVE)
 }
+
+/// [`gemm_bound`] for the Hopper FP8 GEMM (`fp8_gemm_fast`, wgmma), which `linear` takes for
+/// quantized FP8 products where k is a positive multiple of 16. Its tensor core sums each
+/// 128-block of exact e4m3 products in an accumulator narrower than f32: DeepSeek-V3's report
+/// (section 3.3.2) measured about 14 bits kept on H800, which is why the kernel promotes each
+/// block's sum into f32 (the promotion itself is bounded by `gemm_bound`'s block terms).
+/// Modelled as each of a block's 4 k32 steps erring by at most 2^-13 of the magnitude of the
+/// terms it adds, a block errs by at most 2^-11 of its Σ|a·b|, and the sum over blocks, scaled,
+/// by 2^-11·p; the bound allows 2^-10·p, twice that. An assumption until a GPU measures it: the
+/// tests print the worst relative error they meet.
+pub fn wgmma_bound(p: f64, k: usize) -> f64 {
+    gemm_bound(p, k) + p / 1024.0
+}

@@ -12,6 +12,7 @@ mod argmax;
 mod backend;
 mod elementwise;
 mod embedding;
+mod fp8_gemm;
 mod gemm;
 mod indexer;
 mod mla;
@@ -51,6 +52,7 @@ unsafe impl DeviceRepr for params::EmbeddingParams {}
 unsafe impl DeviceRepr for params::ArgmaxParams {}
 unsafe impl DeviceRepr for params::ActQuantParams {}
 unsafe impl DeviceRepr for params::GemmParams {}
+unsafe impl DeviceRepr for params::Fp8GemmWgmmaParams {}
 unsafe impl DeviceRepr for params::IndexerParams {}
 unsafe impl DeviceRepr for params::KvCopyParams {}
 unsafe impl DeviceRepr for params::MlaAbsorbParams {}
@@ -86,6 +88,7 @@ struct Kernels {
     argmax: CudaFunction,
     act_quant: CudaFunction,
     fp8_gemm: CudaFunction,
+    fp8_gemm_wgmma: fp8_gemm::WgmmaKernels,
     gemm_wf32: CudaFunction,
     gemm_wbf16: CudaFunction,
     gemm_wf16: CudaFunction,
@@ -115,6 +118,8 @@ struct Kernels {
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     kernels: Kernels,
+    /// Streaming multiprocessors: the persistent kernels' grid and their tile heuristic.
+    sm_count: usize,
 }
 
 impl CudaDevice {
@@ -160,6 +165,7 @@ impl CudaDevice {
             argmax: load("argmax")?,
             act_quant: load("act_quant")?,
             fp8_gemm: load("fp8_gemm")?,
+            fp8_gemm_wgmma: fp8_gemm::WgmmaKernels::load(load)?,
             gemm_wf32: load("gemm_wf32")?,
             gemm_wbf16: load("gemm_wbf16")?,
             gemm_wf16: load("gemm_wf16")?,
@@ -184,7 +190,10 @@ impl CudaDevice {
             moe_gemm_wf16: load("moe_gemm_wf16")?,
             moe_gemm_we4m3: load("moe_gemm_we4m3")?,
         };
-        Ok(Self { stream: ctx.default_stream(), kernels })
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver("multiprocessor count", e))?;
+        Ok(Self { stream: ctx.default_stream(), kernels, sm_count: usize::try_from(sm_count).unwrap_or(1).max(1) })
     }
 
     /// The stream every launcher queues on (for libraries that work beside the kernels).
