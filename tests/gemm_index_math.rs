@@ -496,3 +496,226 @@ fn kernel_data_flow_on_the_host_is_the_naive_gemm() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text.lines().last().map(str::trim), Some("0"), "data flow mismatches:\n{text}");
 }
+
+/// The contiguous layout of `counts` assignments per expert as moe.cu's sort leaves it: offsets
+/// and tile starts (exclusive prefix sums of the counts and of their 64-row tiles), and the
+/// assignments grouped by expert (here in reverse order inside a segment: any order is allowed).
+fn sorted_layout(counts: &[u32]) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let (mut offsets, mut tile_starts) = (vec![0u32], vec![0u32]);
+    for &c in counts {
+        offsets.push(offsets.last().unwrap() + c);
+        tile_starts.push(tile_starts.last().unwrap() + c.div_ceil(64));
+    }
+    let mut sorted = Vec::new();
+    let mut next = 0u32;
+    for &c in counts {
+        sorted.extend((next..next + c).rev());
+        next += c;
+    }
+    (offsets, tile_starts, sorted)
+}
+
+/// Expert counts: empty experts among busy ones, exact multiples of 64, one hot expert, all empty
+/// but the last, DeepSeek's 256 experts lightly loaded.
+fn expert_counts() -> Vec<Vec<u32>> {
+    let mut cases =
+        vec![vec![0, 5, 0, 64, 65, 0, 0, 128, 1], vec![300], vec![0, 0, 0, 7], vec![64, 0, 64], vec![1; 70]];
+    cases.push((0..256u32).map(|e| (e * 37 + 11) % 9).collect());
+    cases
+}
+
+/// `expert_of_tile` and `padded_row_source` against the layout: every padded row of every m
+/// tile maps to its expert's segment, every assignment lands in exactly one padded row, padding
+/// rows are exactly those past each segment's count, and the tiles fit `grouped_m_tiles`.
+#[test]
+fn grouped_layout_places_every_assignment_once() {
+    let mut program = format!("{HEADER}int main() {{\n");
+    for counts in expert_counts() {
+        let (offsets, tile_starts, _) = sorted_layout(&counts);
+        let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+        let (e, tiles, total) = (counts.len(), tile_starts[counts.len()], offsets[counts.len()]);
+        program += &format!(
+            "  {{ const uint32_t off[] = {{{}}}; const uint32_t ts[] = {{{}}};\n    std::printf(\"%u \", \
+             grouped_m_tiles({total}u, {e}u));\n    for (uint32_t row = 0; row < {tiles}u * 64; ++row) {{ uint32_t e = \
+             expert_of_tile(ts, {e}u, row / 64); uint32_t pos = 0; bool has = padded_row_source(off, ts, e, row, pos); \
+             std::printf(\"%u %u %u \", e, has ? 1u : 0u, has ? pos : 0u); }} }}\n",
+            list(&offsets),
+            list(&tile_starts)
+        );
+    }
+    program += "}\n";
+    let Some(out) = host_cpp::run("gemm_grouped_layout", &program) else { return };
+    let got = host_cpp::numbers(&out);
+    let mut at = 0;
+    for counts in expert_counts() {
+        let (offsets, tile_starts, _) = sorted_layout(&counts);
+        let (tiles, total) = (tile_starts[counts.len()], offsets[counts.len()]);
+        assert!(u64::from(tiles) <= got[at], "{tiles} tiles over the bound {}", got[at]);
+        at += 1;
+        let mut seen = vec![0u32; total as usize];
+        for row in 0..tiles * 64 {
+            let (e, has, pos) = (got[at] as usize, got[at + 1] == 1, got[at + 2] as u32);
+            at += 3;
+            let mt = row / 64;
+            assert!(tile_starts[e] <= mt && mt < tile_starts[e + 1], "row {row}: tile {mt} is not expert {e}'s");
+            let i = (mt - tile_starts[e]) * 64 + row % 64;
+            assert_eq!(has, i < counts[e], "row {row} of expert {e}");
+            if has {
+                assert_eq!(pos, offsets[e] + i, "row {row}");
+                seen[pos as usize] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1), "an assignment placed other than once: {counts:?}");
+    }
+    assert_eq!(at, got.len());
+}
+
+/// The grouped GEMM's data flow on the host, as `DATA_FLOW` for the dense one: moe_permute's
+/// padded rows (a warp's copy per row), then per tile of the raster scheduler over the device's
+/// m tiles, the expert of the tile, TMA boxes of the padded A and of the stack of all experts'
+/// weights (rows past an expert's n read the next expert's, never stored), the wgmma through the
+/// descriptors and the ISA fragment, promotion with the expert's scales, and the scattered
+/// epilogue; against each assignment's naive product with its expert, exact (small integers,
+/// power-of-two scales), each output row written once.
+const GROUPED_FLOW: &str = r#"
+#include "sm90/gemm/fp8_gemm.cuh"
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+using namespace flashseek::fp8_gemm;
+
+unsigned hw_swizzle(unsigned addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
+float hw_read(const std::vector<float>& smem, unsigned long long desc, unsigned r, unsigned k) {
+    const unsigned start = (unsigned)(desc & 0x3fffu) << 4;
+    const unsigned stride = (unsigned)((desc >> 32) & 0x3fffu) << 4;
+    return smem.at(hw_swizzle(start + (r / 8) * stride + (r % 8) * 128 + k));
+}
+void hw_fragment(unsigned t, unsigned i, unsigned& r, unsigned& c) {
+    const unsigned warp = t / 32, lane = t % 32;
+    r = 16 * warp + lane / 4 + ((i % 4) >= 2 ? 8 : 0);
+    c = 8 * (i / 4) + 2 * (lane % 4) + (i % 2);
+}
+
+int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsigned n, unsigned k, unsigned grid) {
+    const unsigned E = counts.size(), kbs = div_ceil(k, kBlockK), st = stages(64, bn);
+    std::vector<unsigned> off(1, 0), ts(1, 0), sorted;
+    for (unsigned c : counts) { off.push_back(off.back() + c); ts.push_back(ts.back() + div_ceil(c, 64)); }
+    const unsigned assign = off.back(), tokens = div_ceil(assign, top_k);
+    // idx: assignment a goes to expert idx[a]; sorted groups them (any order within an expert).
+    std::vector<unsigned> idx(assign);
+    { unsigned a = 0; for (unsigned e = 0; e < E; ++e) for (unsigned c = 0; c < counts[e]; ++c) idx[a++] = e; }
+    for (unsigned i = assign; i-- > 1;) { unsigned j = std::rand() % (i + 1); std::swap(idx[i], idx[j]); }
+    sorted.assign(assign, 0);
+    { std::vector<unsigned> cur(off.begin(), off.end() - 1); for (unsigned a = 0; a < assign; ++a) sorted[cur[idx[a]]++] = a; }
+    const unsigned m_tiles = grouped_m_tiles(assign, E);
+    if (ts[E] > m_tiles) { std::printf("bound\n"); return 1; }
+    std::vector<float> x((size_t)tokens * k), sx((size_t)tokens * kbs), w((size_t)E * n * k), sw((size_t)E * div_ceil(n, 128) * kbs);
+    for (auto& v : x) v = (float)(std::rand() % 7) - 3.0f;
+    for (auto& v : w) v = (float)(std::rand() % 7) - 3.0f;
+    for (auto& v : sx) v = std::ldexp(1.0f, std::rand() % 7 - 3);
+    for (auto& v : sw) v = std::ldexp(1.0f, std::rand() % 7 - 3);
+    const unsigned long long sw_stride = (unsigned long long)div_ceil(n, 128) * kbs;
+    // moe_permute.
+    const unsigned rows = m_tiles * kGroupedBlockM;
+    std::vector<float> pa((size_t)rows * k, 7.0f), psa((size_t)rows * kbs, 7.0f);
+    for (unsigned row = 0; row < rows; ++row) {
+        bool has = false; unsigned src = 0;
+        if (row / 64 < ts[E]) {
+            const unsigned e = expert_of_tile(ts.data(), E, row / 64);
+            unsigned pos;
+            if (padded_row_source(off.data(), ts.data(), e, row, pos)) { has = true; src = sorted[pos] / top_k; }
+        }
+        for (unsigned c = 0; c < k; ++c) pa[(size_t)row * k + c] = has ? x[(size_t)src * k + c] : 0.0f;
+        for (unsigned c = 0; c < kbs; ++c) psa[(size_t)row * kbs + c] = has ? sx[(size_t)src * kbs + c] : 0.0f;
+    }
+    std::vector<float> out((size_t)assign * n, NAN);
+    std::vector<int> writes((size_t)assign * n, 0);
+    const Scheduler sched{ts[E], div_ceil(n, bn)};
+    const unsigned base = kSwizzleAtom;
+    std::vector<float> smem(base + smem_bytes(64, bn, st), 0.0f), part(bn / 2), acc(128 * (bn / 2));
+    for (unsigned cta = 0; cta < grid; ++cta) {
+        unsigned long long it = 0;
+        for (unsigned long long t = cta; t < sched.tiles(); t += grid) {
+            unsigned mt, nb;
+            sched.tile(t, mt, nb);
+            const unsigned e = expert_of_tile(ts.data(), E, mt);
+            const unsigned a_row = mt * 64;
+            const int b_row = grouped_box_row(e, n, nb, bn);
+            for (auto& v : acc) v = 0.0f;
+            for (unsigned kb = 0; kb < kbs; ++kb, ++it) {
+                const unsigned s = ring_stage(it, st);
+                for (unsigned r = 0; r < 64; ++r)
+                    for (unsigned c = 0; c < 128; ++c) {
+                        const unsigned row = a_row + r, col = kb * 128 + c;
+                        smem.at(base + a_tile_offset(64, s) + hw_swizzle(r * 128 + c)) = row < rows && col < k ? pa[(size_t)row * k + col] : 0.0f;
+                    }
+                for (unsigned r = 0; r < bn; ++r)
+                    for (unsigned c = 0; c < 128; ++c) {
+                        const unsigned row = b_row + r, col = kb * 128 + c;
+                        smem.at(base + b_tile_offset(64, bn, st, s) + hw_swizzle(r * 128 + c)) = row < E * n && col < k ? w[(size_t)row * k + col] : 0.0f;
+                    }
+                const unsigned long long da = smem_descriptor(base + a_tile_offset(64, s));
+                const unsigned long long db = smem_descriptor(base + b_tile_offset(64, bn, st, s));
+                for (unsigned th = 0; th < 128; ++th) {
+                    for (unsigned i = 0; i < bn / 2; ++i) {
+                        unsigned r, c;
+                        hw_fragment(th, i, r, c);
+                        float sum = 0.0f;
+                        for (unsigned ks = 0; ks < 4; ++ks)
+                            for (unsigned kk = 0; kk < 32; ++kk) sum += hw_read(smem, advance_k(da, ks), r, kk) * hw_read(smem, advance_k(db, ks), c, kk);
+                        part[i] = sum;
+                    }
+                    const unsigned row0 = a_row + frag_row(th, 0), row1 = a_row + frag_row(th, 2);
+                    const float sa0 = psa[a_scale_index(row0, kb, kbs)], sa1 = psa[a_scale_index(row1, kb, kbs)];
+                    const float sbv = sw[e * sw_stride + b_scale_index(nb, bn, kb, kbs)];
+                    for (unsigned i = 0; i < bn / 2; ++i) acc[th * (bn / 2) + i] = std::fma(part[i], (i / 2) % 2 == 0 ? sa0 * sbv : sa1 * sbv, acc[th * (bn / 2) + i]);
+                }
+            }
+            for (unsigned th = 0; th < 128; ++th)
+                for (unsigned i = 0; i < bn / 2; ++i) {
+                    const unsigned row = a_row + frag_row(th, i), col = nb * bn + frag_col(th, i);
+                    unsigned pos;
+                    if (!padded_row_source(off.data(), ts.data(), e, row, pos) || col >= n) continue;
+                    const unsigned a = sorted[pos];
+                    out[(size_t)a * n + col] = acc[th * (bn / 2) + i];
+                    ++writes[(size_t)a * n + col];
+                }
+        }
+    }
+    int bad = 0;
+    for (unsigned a = 0; a < assign; ++a)
+        for (unsigned c = 0; c < n; ++c) {
+            const unsigned e = idx[a], tok = a / top_k;
+            float want = 0.0f;
+            for (unsigned kb = 0; kb < kbs; ++kb) {
+                float dot = 0.0f;
+                for (unsigned kk = kb * 128; kk < k && kk < (kb + 1) * 128; ++kk) dot += x[(size_t)tok * k + kk] * w[((size_t)e * n + c) * k + kk];
+                want += dot * sx[(size_t)tok * kbs + kb] * sw[e * sw_stride + (c / 128) * kbs + kb];
+            }
+            if (writes[(size_t)a * n + c] != 1 || !(out[(size_t)a * n + c] == want)) {
+                if (bad < 3) std::printf("n%u E%u [%u,%u] out[%u,%u] = %g (written %d), want %g\n", bn, E, n, k, a, c, out[(size_t)a * n + c], writes[(size_t)a * n + c], want);
+                ++bad;
+            }
+        }
+    return bad;
+}
+
+int main() {
+    int bad = 0;
+    for (unsigned bn : {64u, 128u}) {
+        bad += check(bn, {0, 5, 0, 64, 65, 0, 1}, 2, 70, 144, 3);
+        bad += check(bn, {3, 130}, 1, 200, 48, 2);
+        bad += check(bn, {0, 0, 9}, 3, 129, 272, 5);
+        bad += check(bn, {1, 1, 1, 1, 1, 1, 1, 1}, 4, 64, 128, 1);
+    }
+    std::printf("%d\n", bad);
+}
+"#;
+
+#[test]
+fn grouped_data_flow_on_the_host_is_the_naive_expert_gemm() {
+    let Some(out) = host_cpp::run("gemm_grouped_flow", GROUPED_FLOW) else { return };
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.lines().last().map(str::trim), Some("0"), "grouped data flow mismatches:\n{text}");
+}

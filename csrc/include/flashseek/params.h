@@ -424,6 +424,51 @@ typedef struct MoeGemmParams {
     unsigned int masked;
 } MoeGemmParams;
 
+// The grouped Hopper FP8 GEMM of the routed experts, contiguous layout (csrc/sm90/gemm/fp8_gemm.cu,
+// `flashseek_moe_gemm_wgmma_m64n<block_n>_f32`), on the sort of moe.cu (offsets, tile_starts,
+// sorted as MoeSortParams leaves them) and the padded activations moe_permute builds: for every
+// m tile mt < tile_starts[n_experts] of expert e and every column c < n,
+// out row (padded row 64 mt + r, or with scatter != 0 the assignment sorted[pos] it holds; padding
+// rows are not written) = A[64 mt + r] . B_e[c]^T, A read by TMA from the padded codes
+// [64 m_tiles, k] (a_scales [64 m_tiles, ceil(k / 128)]) and B from the stack of all experts'
+// codes [n_experts * n, k] (expert e's block scales at b_scales + e * b_scale_stride). m_tiles
+// bounds tile_starts[n_experts]; n_experts * n is below 2^31; k a multiple of 16.
+typedef struct MoeGemmWgmmaParams {
+    const float* a_scales;
+    const float* b_scales;
+    float* out;
+    const unsigned int* offsets;
+    const unsigned int* tile_starts;
+    const unsigned int* sorted;
+    unsigned long long b_scale_stride;
+    unsigned int n_experts;
+    unsigned int m_tiles;
+    unsigned int n;
+    unsigned int k;
+    unsigned int scatter;
+} MoeGemmWgmmaParams;
+
+// Threads per block of moe_permute (a warp per padded row).
+#define FLASHSEEK_MOE_PERMUTE_THREADS 256
+
+// moe_permute (csrc/sm90/moe/moe.cu): the grouped GEMM's padded activations. Padded row
+// p < 64 m_tiles of m tile mt = p / 64 < tile_starts[n_experts] of expert e gets, where it holds
+// assignment a (see MoeGemmWgmmaParams), row a / a_row_div of codes [.., k] and of scales
+// [.., ceil(k / 128)]; other rows get zero codes and zero scales. k is a multiple of 16.
+typedef struct MoePermuteParams {
+    const unsigned char* codes;
+    const float* scales;
+    unsigned char* out_codes;
+    float* out_scales;
+    const unsigned int* offsets;
+    const unsigned int* tile_starts;
+    const unsigned int* sorted;
+    unsigned int n_experts;
+    unsigned int m_tiles;
+    unsigned int k;
+    unsigned int a_row_div;
+} MoePermuteParams;
+
 // out[t, c] = sum over slots j ascending of weights[t, j] * y[t * top_k + j, c], rounded step by
 // step as the CPU sums (csrc/sm90/moe/moe.cu); 0 when top_k is 0, NaN across the row when one of
 // token t's ids is outside 0 .. n_experts. n = rows * cols.

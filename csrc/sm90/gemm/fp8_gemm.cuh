@@ -232,5 +232,53 @@ FLASHSEEK_HOST_DEVICE constexpr uint32_t ring_parity(uint64_t iteration, uint32_
     return static_cast<uint32_t>((iteration / stages) & 1u);
 }
 
+// The grouped GEMM of the routed experts (contiguous layout). moe.cu's sort puts expert e's
+// assignments in sorted[offsets[e] .. offsets[e + 1]] and gives it m tiles tile_starts[e] ..
+// tile_starts[e + 1] of kGroupedBlockM rows (ceil(count / 64) of them). The GEMM's A is the
+// padded matrix whose row 64 * mt + r holds, for the m tile mt of expert e, its assignment
+// sorted[offsets[e] + 64 * (mt - tile_starts[e]) + r] if that position is below offsets[e + 1]
+// (a padding row otherwise); moe_permute builds it. The m tiles number at most
+// grouped_m_tiles(assignments, n_experts), which the host allocates for.
+constexpr uint32_t kGroupedBlockM = 64;
+
+FLASHSEEK_HOST_DEVICE inline uint32_t grouped_m_tiles(uint32_t assignments, uint32_t n_experts) {
+    return div_ceil(assignments, kGroupedBlockM) + (n_experts < assignments ? n_experts : assignments);
+}
+
+// The expert of m tile mt < tile_starts[n_experts]: the last e with tile_starts[e] <= mt (experts
+// without assignments own no tiles, so their equal starts are passed over).
+FLASHSEEK_HOST_DEVICE inline uint32_t expert_of_tile(const uint32_t* tile_starts, uint32_t n_experts, uint32_t mt) {
+    uint32_t lo = 0;
+    uint32_t hi = n_experts;
+    while (hi - lo > 1) {
+        const uint32_t mid = lo + (hi - lo) / 2;
+        if (tile_starts[mid] <= mt) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// Where padded row `row` (m tile row / 64 of expert e) comes from: its position in `sorted`, or
+// false for a padding row.
+FLASHSEEK_HOST_DEVICE inline bool padded_row_source(const uint32_t* offsets, const uint32_t* tile_starts, uint32_t e,
+                                                    uint32_t row, uint32_t& sorted_pos) {
+    const uint32_t mt = row / kGroupedBlockM;
+    const uint64_t pos =
+        static_cast<uint64_t>(offsets[e]) + static_cast<uint64_t>(mt - tile_starts[e]) * kGroupedBlockM +
+        row % kGroupedBlockM;
+    sorted_pos = static_cast<uint32_t>(pos);
+    return pos < offsets[e + 1];
+}
+
+// The first row of expert e's [n, k] weight in the stack of all experts, [n_experts * n, k]: the
+// B box row of the grouped GEMM's tile (n_block of expert e). Below 2^31 (the host checks
+// n_experts * n).
+FLASHSEEK_HOST_DEVICE constexpr int32_t grouped_box_row(uint32_t e, uint32_t n, uint32_t n_block, uint32_t block_n) {
+    return static_cast<int32_t>(e * n + n_block * block_n);
+}
+
 }  // namespace fp8_gemm
 }  // namespace flashseek
