@@ -33,14 +33,27 @@ impl GemmTiles {
         GemmTiles { block_m: 64, block_n: 64 },
     ];
 
+    /// The configurations of the grouped experts' GEMM, whose m tiles are the sort's 64 rows.
+    pub const GROUPED: [GemmTiles; 2] =
+        [GemmTiles { block_m: 64, block_n: 128 }, GemmTiles { block_m: 64, block_n: 64 }];
+
     /// The configuration with the least estimated time on `sm_count` SMs: waves of tiles times a
     /// tile's cost, `(block_m + 32) * (block_n + 32)` (its area plus a fixed overhead per row and
     /// column: loads, scale promotion, epilogue); ties to the larger tile.
     pub fn choose(m: usize, n: usize, sm_count: usize) -> GemmTiles {
+        Self::least_cost(&Self::ALL, m, n, sm_count)
+    }
+
+    /// [`GemmTiles::choose`] among [`GemmTiles::GROUPED`], for `m` padded rows.
+    pub fn choose_grouped(m: usize, n: usize, sm_count: usize) -> GemmTiles {
+        Self::least_cost(&Self::GROUPED, m, n, sm_count)
+    }
+
+    fn least_cost(shapes: &[GemmTiles], m: usize, n: usize, sm_count: usize) -> GemmTiles {
         let sm = sm_count.max(1) as u128;
-        let mut best = Self::ALL[0];
+        let mut best = shapes[0];
         let mut best_cost = u128::MAX;
-        for t in Self::ALL {
+        for &t in shapes {
             let waves = t.tiles(m, n).div_ceil(sm);
             let cost = waves * ((t.block_m + 32) * (t.block_n + 32)) as u128;
             if cost < best_cost {

@@ -1,7 +1,8 @@
 //! The Hopper FP8 block-scaled GEMM (`csrc/sm90/gemm/fp8_gemm.cu`): [`CudaDevice::fp8_gemm`]'s
 //! product through wgmma fed by TMA, one kernel per tile shape ([`GemmTiles`]), the shape picked
-//! per call by [`GemmTiles::choose`] on this device's SM count. The tensor maps of A and B are
-//! encoded per call (host work of a few microseconds, no allocation on the device).
+//! per call by [`GemmTiles::choose`] on this device's SM count; and the launch of the grouped
+//! experts' GEMM on the same core (`moe.rs` drives it). The tensor maps of A and B are encoded per
+//! call (host work of a few microseconds, no allocation on the device).
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -26,40 +27,53 @@ const K_ALIGN: usize = 16;
 
 /// A TMA tensor map, passed by value as a `const __grid_constant__ CUtensorMap` kernel parameter.
 #[repr(transparent)]
-struct TensorMap(sys::CUtensorMap);
+pub(super) struct TensorMap(sys::CUtensorMap);
 
 // SAFETY: a plain 128-byte, 128-aligned struct of integers, the very layout of the kernels'
 // CUtensorMap parameter.
 unsafe impl DeviceRepr for TensorMap {}
 
-/// The four kernels, in [`GemmTiles::ALL`]'s order, each allowed the dynamic shared memory its
-/// stages take.
-pub(super) struct WgmmaKernels([CudaFunction; 4]);
+/// One kernel per tile shape (`<prefix>_m128n128` and the like), each allowed the dynamic shared
+/// memory its stages take.
+pub(super) struct WgmmaKernels(Vec<(GemmTiles, CudaFunction)>);
 
 impl WgmmaKernels {
-    /// Loads the kernels by name through `load` (`fp8_gemm_wgmma_m128n128` and the like) and
-    /// raises each one's dynamic shared-memory limit.
-    pub(super) fn load(load: impl Fn(&str) -> Result<CudaFunction>) -> Result<Self> {
-        let one = |t: GemmTiles| -> Result<CudaFunction> {
-            let f = load(&format!("fp8_gemm_wgmma_{t}"))?;
-            let bytes = i32::try_from(t.smem_bytes()).map_err(|_| Error::Input("shared memory size".into()))?;
-            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
-                .map_err(|e| driver(&format!("allowing fp8_gemm_wgmma_{t} {bytes} bytes of shared memory"), e))?;
-            Ok(f)
-        };
-        let [a, b, c, d] = GemmTiles::ALL;
-        Ok(Self([one(a)?, one(b)?, one(c)?, one(d)?]))
+    /// The dense GEMM's kernels, one per shape of [`GemmTiles::ALL`].
+    pub(super) fn dense(load: impl Fn(&str) -> Result<CudaFunction>) -> Result<Self> {
+        Self::load(load, "fp8_gemm_wgmma", &GemmTiles::ALL)
     }
 
-    fn get(&self, t: GemmTiles) -> &CudaFunction {
-        let i = GemmTiles::ALL.iter().position(|&x| x == t).unwrap_or(0);
-        &self.0[i]
+    /// The grouped experts' kernels, one per shape of [`GemmTiles::GROUPED`].
+    pub(super) fn grouped(load: impl Fn(&str) -> Result<CudaFunction>) -> Result<Self> {
+        Self::load(load, "moe_gemm_wgmma", &GemmTiles::GROUPED)
+    }
+
+    /// Loads `<prefix>_<tiles>` for each shape through `load` and raises each one's dynamic
+    /// shared-memory limit.
+    fn load(load: impl Fn(&str) -> Result<CudaFunction>, prefix: &str, shapes: &[GemmTiles]) -> Result<Self> {
+        let mut kernels = Vec::with_capacity(shapes.len());
+        for &t in shapes {
+            let f = load(&format!("{prefix}_{t}"))?;
+            let bytes = i32::try_from(t.smem_bytes()).map_err(|_| Error::Input("shared memory size".into()))?;
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
+                .map_err(|e| driver(&format!("allowing {prefix}_{t} {bytes} bytes of shared memory"), e))?;
+            kernels.push((t, f));
+        }
+        Ok(Self(kernels))
+    }
+
+    /// The kernel of shape `t`, an error for a shape this family was not compiled for.
+    pub(super) fn get(&self, t: GemmTiles, op: &'static str) -> Result<&CudaFunction> {
+        self.0
+            .iter()
+            .find_map(|(s, f)| (*s == t).then_some(f))
+            .ok_or_else(|| Error::shape(op, format!("no kernel of tile shape {t}")))
     }
 }
 
 /// The tensor map of a row-major `[rows, k]` byte matrix at `ptr`, in boxes of 128 columns by
 /// `box_rows` rows, 128B-swizzled (as fp8_gemm.cuh's layout reads it), zero-filled past the edges.
-fn tensor_map(ptr: u64, rows: usize, k: usize, box_rows: usize, op: &'static str) -> Result<TensorMap> {
+pub(super) fn tensor_map(ptr: u64, rows: usize, k: usize, box_rows: usize, op: &'static str) -> Result<TensorMap> {
     let dims = [k as u64, rows as u64];
     // Bytes between rows; the innermost stride is the element size, implied.
     let strides = [k as u64];
@@ -147,7 +161,6 @@ impl CudaDevice {
         if count == 0 {
             return Ok(());
         }
-        let blocks_x = grid((count as usize).min(self.sm_count.max(1)), OP)?;
         let map_a = tensor_map(a_ptr, m, k, tiles.block_m, OP)?;
         let map_b = tensor_map(b_ptr, n, k, tiles.block_n, OP)?;
         let p = Fp8GemmWgmmaParams {
@@ -158,20 +171,41 @@ impl CudaDevice {
             n: p_n,
             k: p_k,
         };
+        let kernel = self.kernels.fp8_gemm_wgmma.get(tiles, OP)?;
+        // SAFETY: the kernel takes (CUtensorMap, CUtensorMap, Fp8GemmWgmmaParams). Through the
+        // maps TMA reads only inside [m, k] of a and [n, k] of the weight codes (the maps'
+        // extents, checked against the buffers above; boxes past them are zero-filled); it reads
+        // a_scales at row * ceil(k / 128) + kb for row < m, the weight scales at
+        // (col / 128) * ceil(k / 128) + kb for col < n, and writes out at row * n + col for
+        // row < m, col < n: all inside the buffers checked above, whose guards live until this
+        // returns.
+        unsafe { self.launch_wgmma(kernel, OP, tiles, count, [&map_a, &map_b], &p) }
+    }
+
+    /// Queues a wgmma kernel of shape `tiles` over `count` tiles: min(count, SMs) persistent
+    /// blocks with the shape's threads and shared memory, the two tensor maps and `params`.
+    ///
+    /// # Safety
+    /// `kernel` takes (CUtensorMap, CUtensorMap, P), and every address the maps and `params`
+    /// hold must be valid, for as much as the kernel reaches through them, until it has run.
+    pub(super) unsafe fn launch_wgmma<P: DeviceRepr>(
+        &self,
+        kernel: &CudaFunction,
+        op: &'static str,
+        tiles: GemmTiles,
+        count: u128,
+        [map_a, map_b]: [&TensorMap; 2],
+        params: &P,
+    ) -> Result<()> {
+        let blocks_x = grid(usize::try_from(count).unwrap_or(usize::MAX).min(self.sm_count.max(1)), op)?;
         let cfg = LaunchConfig {
             grid_dim: (blocks_x, 1, 1),
             block_dim: (tiles.threads() as u32, 1, 1),
             shared_mem_bytes: tiles.smem_bytes() as u32,
         };
-        let mut launch = self.stream.launch_builder(self.kernels.fp8_gemm_wgmma.get(tiles));
-        launch.arg(&map_a).arg(&map_b).arg(&p);
-        // SAFETY: the kernel takes (CUtensorMap, CUtensorMap, Fp8GemmWgmmaParams), in this order.
-        // Through the maps TMA reads only inside [m, k] of a and [n, k] of the weight codes (the
-        // maps' extents, checked against the buffers above; boxes past them are zero-filled); it
-        // reads a_scales at row * ceil(k / 128) + kb for row < m, the weight scales at
-        // (col / 128) * ceil(k / 128) + kb for col < n, and writes out at row * n + col for
-        // row < m, col < n: all inside the buffers checked above, whose guards live until this
-        // returns.
-        unsafe { launch.launch(cfg) }.map_err(|e| driver(&format!("launching {OP} {tiles}"), e)).map(|_| ())
+        let mut launch = self.stream.launch_builder(kernel);
+        launch.arg(map_a).arg(map_b).arg(params);
+        // SAFETY: the caller guarantees the arguments and the memory they address.
+        unsafe { launch.launch(cfg) }.map_err(|e| driver(&format!("launching {op} {tiles}"), e)).map(|_| ())
     }
 }

@@ -62,6 +62,8 @@ unsafe impl DeviceRepr for params::RouteParams {}
 unsafe impl DeviceRepr for params::MoeSortParams {}
 unsafe impl DeviceRepr for params::MoeGemmParams {}
 unsafe impl DeviceRepr for params::MoeCombineParams {}
+unsafe impl DeviceRepr for params::MoeGemmWgmmaParams {}
+unsafe impl DeviceRepr for params::MoePermuteParams {}
 
 // Every kernel file of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
@@ -112,6 +114,8 @@ struct Kernels {
     moe_gemm_wbf16: CudaFunction,
     moe_gemm_wf16: CudaFunction,
     moe_gemm_we4m3: CudaFunction,
+    moe_permute: CudaFunction,
+    moe_gemm_wgmma: fp8_gemm::WgmmaKernels,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
@@ -165,7 +169,7 @@ impl CudaDevice {
             argmax: load("argmax")?,
             act_quant: load("act_quant")?,
             fp8_gemm: load("fp8_gemm")?,
-            fp8_gemm_wgmma: fp8_gemm::WgmmaKernels::load(load)?,
+            fp8_gemm_wgmma: fp8_gemm::WgmmaKernels::dense(load)?,
             gemm_wf32: load("gemm_wf32")?,
             gemm_wbf16: load("gemm_wbf16")?,
             gemm_wf16: load("gemm_wf16")?,
@@ -189,6 +193,8 @@ impl CudaDevice {
             moe_gemm_wbf16: load("moe_gemm_wbf16")?,
             moe_gemm_wf16: load("moe_gemm_wf16")?,
             moe_gemm_we4m3: load("moe_gemm_we4m3")?,
+            moe_permute: load("moe_permute")?,
+            moe_gemm_wgmma: fp8_gemm::WgmmaKernels::grouped(load)?,
         };
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
