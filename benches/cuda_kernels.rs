@@ -340,9 +340,14 @@ fn moe_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     let x = dev.upload(&values(rows_max * HIDDEN, 43)).expect("x");
     let mut out = dev.zeros::<f32>(rows_max * HIDDEN).expect("out");
     let ones = dev.upload(&vec![1.0f32; rows_max * 8]).expect("weights");
-    for (groups, per, top_k, layout) in
-        [(4, 8192, 1, MoeLayout::Contiguous), (8, 4096, 1, MoeLayout::Contiguous), (8, 8, 8, MoeLayout::Masked)]
-    {
+    // The contiguous cases on the simple grouped GEMM and on the Hopper one, side by side.
+    for (groups, per, top_k, layout) in [
+        (4, 8192, 1, MoeLayout::Contiguous),
+        (4, 8192, 1, MoeLayout::ContiguousWgmma),
+        (8, 4096, 1, MoeLayout::Contiguous),
+        (8, 4096, 1, MoeLayout::ContiguousWgmma),
+        (8, 8, 8, MoeLayout::Masked),
+    ] {
         let assignments = groups * per;
         let rows = assignments / top_k;
         // Token t's slot j goes to expert (t * top_k + j) / per: `per` assignments per expert.
