@@ -259,6 +259,13 @@ fn heuristic_and_smem_match_the_rust_twin() {
     // What it picks at the bench shapes on an H100 (132 SMs): 64 rows where m <= 64.
     assert_eq!(GemmTiles::choose(64, 7168, 132).block_m, 64);
     assert_eq!(GemmTiles::choose(4096, 24576, 132), GemmTiles { block_m: 128, block_n: 128 });
+    // The grouped GEMM picks among its 64-row shapes only (the sort's tiles), each compiled.
+    for m in ms {
+        for n in ns {
+            let t = GemmTiles::choose_grouped(m, n, 132);
+            assert!(GemmTiles::GROUPED.contains(&t) && GemmTiles::ALL.contains(&t), "{m}x{n}: {t}");
+        }
+    }
     for t in GemmTiles::ALL {
         assert_eq!(t.to_string().parse::<GemmTiles>().ok(), Some(t));
     }
