@@ -17,6 +17,7 @@ use cudarc::driver::CudaSlice;
 use flashseek::backend::cuda::{CudaDevice, CudaLinear, IndexerFp8Input, MoeLayout};
 use flashseek::backend::{HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
 use flashseek::fp8::ScaleFmt;
+use flashseek::gemm_tiles::GemmTiles;
 use flashseek::kv_layout::IndexFp8;
 use flashseek::model::weights::{blocks, HostLinear, HostTensor};
 use half::bf16;
@@ -161,6 +162,82 @@ fn gemm_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     }
 }
 
+/// The FP8 GEMM alone (activations already quantized) at every bench shape: the Hopper kernel
+/// (the heuristic's tiles, or `FLASHSEEK_GEMM_TILES=m128n64` and the like for all shapes), the
+/// simple kernel, and cuBLAS's bf16 GEMM at the same (m, n, k). Returns the rows of the
+/// side-by-side table `main` prints: (shape, m, fast group, simple group, cuBLAS group).
+fn fp8_gemm_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) -> Vec<[String; 4]> {
+    let forced = std::env::var("FLASHSEEK_GEMM_TILES")
+        .ok()
+        .map(|v| v.parse::<GemmTiles>().unwrap_or_else(|e| panic!("FLASHSEEK_GEMM_TILES: {e}")));
+    // SAFETY: only tries to open the library by its usual names.
+    let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+        CudaBlas::new(dev.stream().clone()).ok()
+    } else {
+        None
+    };
+    let mut rows = Vec::new();
+    for &(n, k) in &GEMM_SHAPES {
+        let w = dev.load_linear(&fp8_weight(n, k)).expect("weight");
+        let m_max = GEMM_ROWS[GEMM_ROWS.len() - 1];
+        let x = dev.upload(&values(m_max * k, 3)).expect("x");
+        let mut codes = dev.zeros::<u8>(m_max * k).expect("codes");
+        let mut scales = dev.zeros::<f32>(m_max * blocks(k)).expect("scales");
+        dev.act_quant(&x, m_max, k, ScaleFmt::Ue8m0, &mut codes, &mut scales).expect("act_quant");
+        let mut out = dev.zeros::<f32>(m_max * n).expect("out");
+        let mut bf16_buffers = blas.as_ref().map(|_| {
+            let a: CudaSlice<bf16> = dev.zeros(m_max * k).expect("bf16 a");
+            let b: CudaSlice<bf16> = dev.zeros(n * k).expect("bf16 b");
+            let c: CudaSlice<bf16> = dev.zeros(m_max * n).expect("bf16 c");
+            (a, b, c)
+        });
+        let shape = format!("{n}x{k}");
+        for &m in &GEMM_ROWS {
+            let flops = 2.0 * (m * n * k) as f64;
+            // Weights once, codes in (1 byte), out (f32).
+            let bytes = (n * k + m * k + 4 * m * n) as f64;
+            let tiles = forced.unwrap_or_else(|| dev.fp8_gemm_tiles(m, n));
+            println!(
+                "fp8 gemm {shape} m{m}: tiles {tiles} ({})",
+                if forced.is_some() { "FLASHSEEK_GEMM_TILES" } else { "heuristic" }
+            );
+            let fast = format!("fp8 gemm wgmma {shape}");
+            bench(c, dev, entries, (&fast, format!("m{m}")), (flops, bytes), || {
+                dev.fp8_gemm_with(&codes, &scales, m, &w, &mut out, tiles).expect("fp8_gemm_fast")
+            });
+            let simple = format!("fp8 gemm simple {shape}");
+            bench(c, dev, entries, (&simple, format!("m{m}")), (flops, bytes), || {
+                dev.fp8_gemm(&codes, &scales, m, &w, &mut out).expect("fp8_gemm")
+            });
+            let cublas = format!("cublas bf16 {shape}");
+            if let (Some(blas), Some((a, b, c_buf))) = (blas.as_ref(), bf16_buffers.as_mut()) {
+                // Row-major out[m, n] = x[m, k] . w[n, k]^T is column-major out^T = w^T' . x^T:
+                // cuBLAS's A is w (transposed), B is x.
+                let cfg = GemmConfig {
+                    transa: cublasOperation_t::CUBLAS_OP_T,
+                    transb: cublasOperation_t::CUBLAS_OP_N,
+                    m: n as i32,
+                    n: m as i32,
+                    k: k as i32,
+                    alpha: bf16::ONE,
+                    lda: k as i32,
+                    ldb: k as i32,
+                    beta: bf16::ZERO,
+                    ldc: n as i32,
+                };
+                let bytes = (2 * n * k + 2 * m * k + 2 * m * n) as f64;
+                bench(c, dev, entries, (&cublas, format!("m{m}")), (flops, bytes), || {
+                    // SAFETY: b holds n*k, a m_max*k >= m*k and c m_max*n >= m*n values, as the
+                    // config reads and writes.
+                    unsafe { blas.gemm(cfg, b, a, c_buf) }.expect("cublas gemm")
+                });
+            }
+            rows.push([format!("{shape} m{m}"), fast, simple, cublas]);
+        }
+    }
+    rows
+}
+
 fn small_op_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     let rows = 4096;
     let x = dev.upload(&values(rows * HIDDEN, 5)).expect("x");
@@ -264,9 +341,14 @@ fn moe_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     let x = dev.upload(&values(rows_max * HIDDEN, 43)).expect("x");
     let mut out = dev.zeros::<f32>(rows_max * HIDDEN).expect("out");
     let ones = dev.upload(&vec![1.0f32; rows_max * 8]).expect("weights");
-    for (groups, per, top_k, layout) in
-        [(4, 8192, 1, MoeLayout::Contiguous), (8, 4096, 1, MoeLayout::Contiguous), (8, 8, 8, MoeLayout::Masked)]
-    {
+    // The contiguous cases on the simple grouped GEMM and on the Hopper one, side by side.
+    for (groups, per, top_k, layout) in [
+        (4, 8192, 1, MoeLayout::Contiguous),
+        (4, 8192, 1, MoeLayout::ContiguousWgmma),
+        (8, 4096, 1, MoeLayout::Contiguous),
+        (8, 4096, 1, MoeLayout::ContiguousWgmma),
+        (8, 8, 8, MoeLayout::Masked),
+    ] {
         let assignments = groups * per;
         let rows = assignments / top_k;
         // Token t's slot j goes to expert (t * top_k + j) / per: `per` assignments per expert.
@@ -524,6 +606,7 @@ fn main() {
     let bf16_rate = cublas_bf16_rate(&dev);
     let mut entries = Vec::new();
     gemm_benches(&mut c, &dev, &mut entries);
+    let fp8_rows = fp8_gemm_benches(&mut c, &dev, &mut entries);
     small_op_benches(&mut c, &dev, &mut entries);
     moe_benches(&mut c, &dev, &mut entries);
     mla_benches(&mut c, &dev, &mut entries);
@@ -556,5 +639,21 @@ fn main() {
             ns / 1e3,
             100.0 * gbs * 1e9 / copy
         );
+    }
+    // The FP8 GEMMs side by side: TFLOP/s of each, and the Hopper kernel's ratio to the
+    // simple one and to cuBLAS bf16 at the same shape.
+    println!("\n| FP8 GEMM | wgmma TFLOP/s | simple TFLOP/s | cuBLAS bf16 TFLOP/s | wgmma / simple | wgmma / cuBLAS |");
+    println!("|---|---|---|---|---|---|");
+    for [label, fast, simple, cublas] in &fp8_rows {
+        let (shape, m) = label.rsplit_once(' ').unwrap_or((label.as_str(), ""));
+        let flops = entries.iter().find(|e| &e.group == fast && e.id == m).map_or(0.0, |e| e.flops);
+        let rate = |group: &str| common::mean_ns(group, m).map(|ns| flops / ns / 1e3);
+        let show = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.1}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let (f, s, b) = (rate(fast), rate(simple), rate(cublas));
+        println!("| {shape} {m} | {} | {} | {} | {} | {} |", show(f), show(s), show(b), ratio(f, s), ratio(f, b));
     }
 }

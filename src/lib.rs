@@ -9,6 +9,7 @@ pub mod bundled;
 pub mod engine;
 pub mod error;
 pub mod fp8;
+pub mod gemm_tiles;
 pub mod kv_cache;
 pub mod kv_layout;
 pub mod metrics;

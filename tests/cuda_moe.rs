@@ -202,7 +202,16 @@ fn silu(g: f64) -> f64 {
 ///
 /// The GPU and the CPU are each within that radius of the same reference: the bound is twice it
 /// (times 1.01 for second-order terms), plus f32::MIN_POSITIVE for subnormal roundings.
-fn moe_bound(c: &MoeCase, values: &[ExpertValues], x_quant: Option<ScaleFmt>, h_quant: Option<ScaleFmt>) -> Vec<f64> {
+///
+/// `gemm` is the GEMMs' bound against the exact sum: `gemm_bound`, or `wgmma_bound` where the
+/// call ran on the Hopper grouped GEMM.
+fn moe_bound(
+    c: &MoeCase,
+    values: &[ExpertValues],
+    x_quant: Option<ScaleFmt>,
+    h_quant: Option<ScaleFmt>,
+    gemm: fn(f64, usize) -> f64,
+) -> Vec<f64> {
     let (hidden, inter, top_k) = (c.hidden, c.inter, c.top_k);
     let mut xq = c.x.clone();
     if let Some(fmt) = x_quant {
@@ -226,7 +235,7 @@ fn moe_bound(c: &MoeCase, values: &[ExpertValues], x_quant: Option<ScaleFmt>, h_
                     })
                 };
                 let ((g, pg), (u, pu)) = (dot(&e.gate), dot(&e.up));
-                let (eg, eu) = (gemm_bound(pg, hidden), gemm_bound(pu, hidden));
+                let (eg, eu) = (gemm(pg, hidden), gemm(pu, hidden));
                 let s = silu(g);
                 let d = 1.1 * eg * (u.abs() + eu) + (s.abs() + 1.1 * eg) * eu;
                 h_ref[r] = s * u;
@@ -277,7 +286,7 @@ fn moe_bound(c: &MoeCase, values: &[ExpertValues], x_quant: Option<ScaleFmt>, h_
                     spread_y += dq[i] * wd.abs();
                     mags += (q_ref[i].abs() + dq[i]) * wd.abs();
                 }
-                let ey = spread_y + gemm_bound(mags, inter);
+                let ey = spread_y + gemm(mags, inter);
                 spread[col] += w * ey;
                 rounding[col] += w * (y.abs() + ey);
             }
@@ -311,7 +320,7 @@ fn moe_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option
         let down_fmt = if mixed_down && down_pick == 0 { WeightFmt::Bf16 } else { fmt };
         let (hosts, values) = random_experts(&mut rng, n_experts, (dims.1, dims.2), fmt, down_fmt);
         let c = random_case(&mut rng, dims, n_experts, top_k, distinct);
-        let got = gpu_moe(dev, &hosts, &c, quant)?;
+        let (got, layout) = gpu_moe(dev, &hosts, &c, quant)?;
 
         let experts = cpu.load_experts(&hosts).expect("cpu load_experts");
         let mut want = tensor(c.rows, c.hidden, vec![0.0; c.rows * c.hidden]);
@@ -324,7 +333,8 @@ fn moe_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option
         let fp8 = |f: WeightFmt| matches!(f, WeightFmt::Fp8);
         let x_quant = quant.filter(|_| fp8(fmt));
         let h_quant = quant.filter(|_| fp8(down_fmt));
-        let bound = moe_bound(&c, &values, x_quant, h_quant);
+        let gemm = if layout == MoeLayout::ContiguousWgmma { wgmma_bound } else { gemm_bound };
+        let bound = moe_bound(&c, &values, x_quant, h_quant, gemm);
         let shape = format!(
             "{} rows [{}] x {n_experts} experts [{} -> {}] top {top_k} {fmt:?}/{down_fmt:?} {quant:?}",
             c.rows, c.hidden, c.inter, c.hidden
@@ -333,15 +343,16 @@ fn moe_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option
     });
 }
 
-/// The GPU's `moe_experts` of `c`; with at most 64 assignments in both layouts, which must agree
-/// bit for bit.
+/// The GPU's `moe_experts` of `c` and the layout it took; with at most 64 assignments in both
+/// simple layouts, which must agree bit for bit.
 fn gpu_moe(
     dev: &CudaDevice,
     hosts: &[HostExpert],
     c: &MoeCase,
     quant: Option<ScaleFmt>,
-) -> Result<Vec<f32>, TestCaseError> {
+) -> Result<(Vec<f32>, MoeLayout), TestCaseError> {
     let experts = dev.load_experts(hosts).expect("cuda load_experts");
+    let layout = MoeLayout::for_call(c.rows * c.top_k, &experts, quant);
     let (x, idx, w) = (upload(dev, &c.x), upload_ints(dev, &c.idx), upload(dev, &c.weights));
     let len = c.rows * c.hidden;
     let mut out = upload(dev, &vec![f32::NAN; len]);
@@ -355,7 +366,47 @@ fn gpu_moe(
         let same = got.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits());
         prop_assert!(same, "the masked and the contiguous layouts differ ({} rows, top {})", c.rows, c.top_k);
     }
-    Ok(got)
+    Ok((got, layout))
+}
+
+/// The Hopper grouped GEMM's layout against the CPU, on FP8 experts with quantized activations
+/// and hidden and inter multiples of 16 (what it takes), many assignments (prefill), within
+/// [`moe_bound`] on [`wgmma_bound`].
+#[test]
+fn fp8_moe_wgmma_matches_cpu() {
+    let Some(dev) = device() else { return };
+    let cpu = CpuBackend::new();
+    let side = || prop_oneof![3 => (1usize..=10).prop_map(|b| 16 * b), 1 => (9usize..=20).prop_map(|b| 16 * b)];
+    let shape = ((1usize..=200, side(), side()), 1usize..=16, 1usize..=4);
+    let strategy = (shape, fmt_strategy(), any::<bool>(), any::<u64>());
+    run("moe_experts, wgmma", strategy, |((dims, n_experts, top_k), fmt, distinct, seed), worst| {
+        let mut rng = Rng(seed);
+        let (hosts, values) = random_experts(&mut rng, n_experts, (dims.1, dims.2), WeightFmt::Fp8, WeightFmt::Fp8);
+        let c = random_case(&mut rng, dims, n_experts, top_k, distinct);
+        let experts = dev.load_experts(&hosts).expect("cuda load_experts");
+        let (x, idx, w) = (upload(dev, &c.x), upload_ints(dev, &c.idx), upload(dev, &c.weights));
+        let len = c.rows * c.hidden;
+        let mut out = upload(dev, &vec![f32::NAN; len]);
+        let layout = MoeLayout::ContiguousWgmma;
+        dev.moe_experts_with(&x, c.rows, &experts, &idx, &w, top_k, Some(fmt), layout, &mut out)
+            .expect("cuda moe_experts, wgmma");
+        let got = download(dev, &out, len);
+
+        let cpu_experts = cpu.load_experts(&hosts).expect("cpu load_experts");
+        let mut want = tensor(c.rows, c.hidden, vec![0.0; len]);
+        let (xt, it, wt) = (
+            tensor(c.rows, c.hidden, c.x.clone()),
+            ints(c.rows, top_k, c.idx.clone()),
+            tensor(c.rows, top_k, c.weights.clone()),
+        );
+        cpu.moe_experts(&xt, &cpu_experts, &it, &wt, Some(fmt), &mut want).expect("cpu moe_experts");
+        let bound = moe_bound(&c, &values, Some(fmt), Some(fmt), wgmma_bound);
+        let shape = format!(
+            "{} rows [{}] x {n_experts} experts [{} -> {}] top {top_k} {fmt:?}",
+            c.rows, c.hidden, c.inter, c.hidden
+        );
+        compare("moe_experts, wgmma", &shape, c.hidden, &got, want.data(), |i| bound[i], worst)
+    });
 }
 
 #[test]
@@ -455,6 +506,48 @@ fn moe_experts_marks_bad_ids_and_handles_empty_calls() {
     let mut out = upload(dev, &[5.0; 4]);
     dev.moe_experts(&x_dev, 0, &experts, &idx_dev, &w_dev, 2, quant, &mut out).expect("no rows");
     assert_eq!(download(dev, &out, 4), vec![5.0; 4]);
+}
+
+/// The wgmma layout with out-of-range expert ids: their tokens' rows are NaN and the others are
+/// the bits of the good tokens alone (an output row depends only on its activation row and its
+/// expert, whichever tile it lands in). Experts it cannot take are an error.
+#[test]
+fn moe_wgmma_marks_bad_ids_and_rejects_other_experts() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng(11);
+    let (hosts, _) = random_experts(&mut rng, 4, (32, 48), WeightFmt::Fp8, WeightFmt::Fp8);
+    let mut c = random_case(&mut rng, (40, 32, 48), 4, 2, true);
+    c.idx[2] = -1;
+    c.idx[9] = 4;
+    let quant = Some(ScaleFmt::Ue8m0);
+    let layout = MoeLayout::ContiguousWgmma;
+    let experts = dev.load_experts(&hosts).expect("cuda load_experts");
+    assert!(experts.takes_wgmma(quant) && !experts.takes_wgmma(None));
+    let good: Vec<usize> = (0..40).filter(|&t| t != 1 && t != 4).collect();
+    let pick =
+        |v: &[f32], cols: usize| good.iter().flat_map(|&t| v[t * cols..(t + 1) * cols].to_vec()).collect::<Vec<_>>();
+    let idx_good: Vec<i32> = good.iter().flat_map(|&t| c.idx[t * 2..t * 2 + 2].to_vec()).collect();
+    let mut alone = zeros::<f32>(dev, good.len() * 32);
+    let (xg, ig, wg) = (upload(dev, &pick(&c.x, 32)), upload_ints(dev, &idx_good), upload(dev, &pick(&c.weights, 2)));
+    dev.moe_experts_with(&xg, good.len(), &experts, &ig, &wg, 2, quant, layout, &mut alone)
+        .expect("the good tokens alone");
+    let alone = download(dev, &alone, good.len() * 32);
+    let (x, idx, w) = (upload(dev, &c.x), upload_ints(dev, &c.idx), upload(dev, &c.weights));
+    let mut out = zeros::<f32>(dev, 40 * 32);
+    dev.moe_experts_with(&x, 40, &experts, &idx, &w, 2, quant, layout, &mut out).expect("bad ids queue");
+    let got = download(dev, &out, 40 * 32);
+    for t in [1usize, 4] {
+        assert!(got[t * 32..(t + 1) * 32].iter().all(|v| v.is_nan()), "token {t} has a bad id: NaN row");
+    }
+    assert!(pick(&got, 32).iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "good tokens unchanged");
+
+    let (bf16, _) = random_experts(&mut rng, 4, (32, 48), WeightFmt::Bf16, WeightFmt::Bf16);
+    let bf16 = dev.load_experts(&bf16).expect("cuda load_experts");
+    assert!(dev.moe_experts_with(&x, 40, &bf16, &idx, &w, 2, quant, layout, &mut out).is_err(), "bf16 experts");
+    let (odd, _) = random_experts(&mut rng, 4, (40, 48), WeightFmt::Fp8, WeightFmt::Fp8);
+    let odd = dev.load_experts(&odd).expect("cuda load_experts");
+    assert!(!odd.takes_wgmma(quant), "hidden 40 is not a multiple of 16");
+    assert!(dev.moe_experts_with(&x, 32, &odd, &idx, &w, 2, None, layout, &mut out).is_err(), "no quantization");
 }
 
 // ---- bad shapes ----

@@ -282,3 +282,17 @@ pub fn abs_dots(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> 
 pub fn gemm_bound(p: f64, k: usize) -> f64 {
     (k + k.div_ceil(128) + 132) as f64 * ULP * p * 1.01 + f64::from(f32::MIN_POSITIVE)
 }
+
+/// [`gemm_bound`] for the Hopper FP8 GEMMs (`fp8_gemm_fast`, the grouped experts' wgmma), which
+/// `linear` and `moe_experts` take for quantized FP8 products where k is a multiple of 16. Their
+/// tensor core sums each 128-block of exact e4m3 products in an accumulator narrower than f32:
+/// DeepSeek-V3's report (section 3.3.2) measured about 14 bits kept on H800, which is why the
+/// kernels promote each block's sum into f32 (the promotion is bounded by `gemm_bound`'s block
+/// terms). Modelled pessimistically: each of a block's four k32 wgmma aligns its 32 products and
+/// the running sum to the largest of them and keeps 13 bits below it (truncating), so it errs by
+/// at most 33·2^-13 of the block's Σ|a·b| so far, and the block by 4·33·2^-13 < 2^-6 of its
+/// Σ|a·b|; scaled and summed over blocks, 2^-6·p. Not documented by NVIDIA: the tests print the
+/// worst relative error they meet, from which the first GPU run can tighten this.
+pub fn wgmma_bound(p: f64, k: usize) -> f64 {
+    gemm_bound(p, k) + p / 64.0
+}

@@ -149,6 +149,21 @@ typedef struct GemmParams {
     unsigned int k;
 } GemmParams;
 
+// The Hopper FP8 GEMM (csrc/sm90/gemm/fp8_gemm.cu): fp8_gemm's product (same a, a_scales, b,
+// b_scales and out as GemmParams), with a and b read by TMA through two tensor maps the kernels
+// take before these params (a: [m, k] bytes, b: [n, k] bytes, boxes of 128 columns by the
+// tile's rows, 128B swizzle, zero fill past the edges). One kernel per tile shape,
+// `flashseek_fp8_gemm_wgmma_m<block_m>n<block_n>_f32`, persistent over the tiles; the tile math
+// is in csrc/sm90/gemm/fp8_gemm.cuh. m, n below 2^31, k a multiple of 16 (TMA row strides).
+typedef struct Fp8GemmWgmmaParams {
+    const float* a_scales;
+    const float* b_scales;
+    float* out;
+    unsigned int m;
+    unsigned int n;
+    unsigned int k;
+} Fp8GemmWgmmaParams;
+
 // The lightning indexer (csrc/sm90/indexer/indexer.cu). Logits: one block of
 // FLASHSEEK_INDEXER_THREADS threads scores FLASHSEEK_INDEXER_POSITIONS consecutive positions of
 // one query row; keys are at most FLASHSEEK_INDEXER_MAX_DIM wide (held in registers).
@@ -457,6 +472,51 @@ typedef struct MoeGemmParams {
     unsigned int a_row_div;
     unsigned int masked;
 } MoeGemmParams;
+
+// The grouped Hopper FP8 GEMM of the routed experts, contiguous layout (csrc/sm90/gemm/fp8_gemm.cu,
+// `flashseek_moe_gemm_wgmma_m64n<block_n>_f32`), on the sort of moe.cu (offsets, tile_starts,
+// sorted as MoeSortParams leaves them) and the padded activations moe_permute builds: for every
+// m tile mt < tile_starts[n_experts] of expert e and every column c < n,
+// out row (padded row 64 mt + r, or with scatter != 0 the assignment sorted[pos] it holds; padding
+// rows are not written) = A[64 mt + r] . B_e[c]^T, A read by TMA from the padded codes
+// [64 m_tiles, k] (a_scales [64 m_tiles, ceil(k / 128)]) and B from the stack of all experts'
+// codes [n_experts * n, k] (expert e's block scales at b_scales + e * b_scale_stride). m_tiles
+// bounds tile_starts[n_experts]; n_experts * n is below 2^31; k a multiple of 16.
+typedef struct MoeGemmWgmmaParams {
+    const float* a_scales;
+    const float* b_scales;
+    float* out;
+    const unsigned int* offsets;
+    const unsigned int* tile_starts;
+    const unsigned int* sorted;
+    unsigned long long b_scale_stride;
+    unsigned int n_experts;
+    unsigned int m_tiles;
+    unsigned int n;
+    unsigned int k;
+    unsigned int scatter;
+} MoeGemmWgmmaParams;
+
+// Threads per block of moe_permute (a warp per padded row).
+#define FLASHSEEK_MOE_PERMUTE_THREADS 256
+
+// moe_permute (csrc/sm90/moe/moe.cu): the grouped GEMM's padded activations. Padded row
+// p < 64 m_tiles of m tile mt = p / 64 < tile_starts[n_experts] of expert e gets, where it holds
+// assignment a (see MoeGemmWgmmaParams), row a / a_row_div of codes [.., k] and of scales
+// [.., ceil(k / 128)]; other rows get zero codes and zero scales. k is a multiple of 16.
+typedef struct MoePermuteParams {
+    const unsigned char* codes;
+    const float* scales;
+    unsigned char* out_codes;
+    float* out_scales;
+    const unsigned int* offsets;
+    const unsigned int* tile_starts;
+    const unsigned int* sorted;
+    unsigned int n_experts;
+    unsigned int m_tiles;
+    unsigned int k;
+    unsigned int a_row_div;
+} MoePermuteParams;
 
 // out[t, c] = sum over slots j ascending of weights[t, j] * y[t * top_k + j, c], rounded step by
 // step as the CPU sums (csrc/sm90/moe/moe.cu); 0 when top_k is 0, NaN across the row when one of

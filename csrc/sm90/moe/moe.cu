@@ -1,6 +1,7 @@
-// The bookkeeping of the routed experts around the grouped GEMMs (moe_gemm.cu): the contiguous
-// layout's sort of assignments by expert (count, offsets, scatter) on the device, so the host
-// never waits for the routing, and the combine of the experts' outputs per token.
+// The bookkeeping of the routed experts around the grouped GEMMs (moe_gemm.cu, and the Hopper
+// one in sm90/gemm/fp8_gemm.cu): the contiguous layout's sort of assignments by expert (count,
+// offsets, scatter) on the device, so the host never waits for the routing, the Hopper GEMM's
+// padded activations (permute), and the combine of the experts' outputs per token.
 //
 // The sort places assignments in their expert's segment by atomic counters, so their order
 // inside a segment varies from run to run; nothing downstream depends on it (a GEMM output row
@@ -8,6 +9,7 @@
 // The combine sums each token's slots in slot order with one rounding per step, as the CPU does
 // (src/backend/cpu/moe.rs): bit for bit the CPU's sum of the same expert outputs.
 #include "flashseek/params.h"
+#include "../gemm/fp8_gemm.cuh"
 
 namespace {
 
@@ -17,6 +19,7 @@ constexpr unsigned kWarp = 32;
 constexpr unsigned kScanWarps = kScanThreads / kWarp;
 constexpr unsigned kTile = FLASHSEEK_GEMM_TILE;
 static_assert(kScanWarps <= kWarp, "one warp scans the warps' totals");
+static_assert(kTile == flashseek::fp8_gemm::kGroupedBlockM, "the sort's tiles are the grouped GEMM's m tiles");
 
 __device__ __forceinline__ size_t first_index() {
     return static_cast<size_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -136,5 +139,40 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MOE_THREADS) flashseek_mo
             acc = j == 0 ? v : __fadd_rn(acc, v);
         }
         p.out[i] = bad ? __int_as_float(0x7fc00000) : acc;
+    }
+}
+
+// The grouped Hopper GEMM's padded activations (fp8_gemm.cuh, "grouped"): a warp per padded row
+// copies its assignment's row of codes (16 bytes a lane at a time: k is a multiple of 16 and
+// rows start 16-aligned) and of scales, or writes zeros for a padding row.
+extern "C" __global__ void __launch_bounds__(FLASHSEEK_MOE_PERMUTE_THREADS)
+    flashseek_moe_permute_f32(const MoePermuteParams p) {
+    using namespace flashseek::fp8_gemm;
+    constexpr unsigned kWarps = FLASHSEEK_MOE_PERMUTE_THREADS / kWarp;
+    const unsigned row = blockIdx.x * kWarps + threadIdx.x / kWarp;
+    const unsigned lane = threadIdx.x % kWarp;
+    // The host launches ceil(64 m_tiles / kWarps) blocks, 64 m_tiles below 2^32.
+    if (row >= p.m_tiles * kGroupedBlockM) {
+        return;
+    }
+    bool has = false;
+    unsigned src = 0;
+    if (row / kGroupedBlockM < p.tile_starts[p.n_experts]) {
+        const unsigned e = expert_of_tile(p.tile_starts, p.n_experts, row / kGroupedBlockM);
+        unsigned pos;
+        if (padded_row_source(p.offsets, p.tile_starts, e, row, pos)) {
+            has = true;
+            src = p.sorted[pos] / p.a_row_div;
+        }
+    }
+    const unsigned vectors = p.k / 16;
+    uint4* to = reinterpret_cast<uint4*>(p.out_codes + static_cast<size_t>(row) * p.k);
+    const uint4* from = reinterpret_cast<const uint4*>(p.codes + static_cast<size_t>(src) * p.k);
+    for (unsigned c = lane; c < vectors; c += kWarp) {
+        to[c] = has ? from[c] : make_uint4(0, 0, 0, 0);
+    }
+    const unsigned blocks = (p.k + FLASHSEEK_FP8_GROUP - 1) / FLASHSEEK_FP8_GROUP;
+    for (unsigned c = lane; c < blocks; c += kWarp) {
+        p.out_scales[static_cast<size_t>(row) * blocks + c] = has ? p.scales[static_cast<size_t>(src) * blocks + c] : 0.0f;
     }
 }

@@ -228,7 +228,8 @@ impl CudaDevice {
 
     /// `out[m, w.rows] = x[m, w.cols] · wᵀ`, as the CPU backend's `linear`: where `w` is FP8 and
     /// `quant` is set, `x` is first quantized per 1x128 group with that scale format and goes
-    /// through the FP8 GEMM; otherwise the plain GEMM. The quantized activations live in buffers
+    /// through the FP8 GEMM (the Hopper one, [`CudaDevice::fp8_gemm_fast`], where it takes k;
+    /// the simple one otherwise); otherwise the plain GEMM. The quantized activations live in buffers
     /// allocated for the call.
     pub fn linear(
         &self,
@@ -246,7 +247,11 @@ impl CudaDevice {
                 let mut codes = self.zeros::<u8>(product(m, k, OP)?.max(1))?;
                 let mut scales = self.zeros::<f32>(product(m, blocks(k), OP)?.max(1))?;
                 self.act_quant(x, m, k, fmt, &mut codes, &mut scales)?;
-                self.fp8_gemm(&codes, &scales, m, w, out)
+                if Self::fp8_gemm_fast_supports(k) {
+                    self.fp8_gemm_fast(&codes, &scales, m, w, out)
+                } else {
+                    self.fp8_gemm(&codes, &scales, m, w, out)
+                }
             }
             _ => self.gemm(x, m, w, out),
         }

@@ -12,6 +12,7 @@ mod argmax;
 mod backend;
 mod elementwise;
 mod embedding;
+mod fp8_gemm;
 mod gemm;
 mod indexer;
 mod indexer_fast;
@@ -53,6 +54,7 @@ unsafe impl DeviceRepr for params::EmbeddingParams {}
 unsafe impl DeviceRepr for params::ArgmaxParams {}
 unsafe impl DeviceRepr for params::ActQuantParams {}
 unsafe impl DeviceRepr for params::GemmParams {}
+unsafe impl DeviceRepr for params::Fp8GemmWgmmaParams {}
 unsafe impl DeviceRepr for params::IndexerParams {}
 unsafe impl DeviceRepr for params::IndexerFp8Params {}
 unsafe impl DeviceRepr for params::KvCopyParams {}
@@ -63,6 +65,8 @@ unsafe impl DeviceRepr for params::RouteParams {}
 unsafe impl DeviceRepr for params::MoeSortParams {}
 unsafe impl DeviceRepr for params::MoeGemmParams {}
 unsafe impl DeviceRepr for params::MoeCombineParams {}
+unsafe impl DeviceRepr for params::MoeGemmWgmmaParams {}
+unsafe impl DeviceRepr for params::MoePermuteParams {}
 
 // Every kernel file of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
@@ -89,6 +93,7 @@ struct Kernels {
     argmax: CudaFunction,
     act_quant: CudaFunction,
     fp8_gemm: CudaFunction,
+    fp8_gemm_wgmma: fp8_gemm::WgmmaKernels,
     gemm_wf32: CudaFunction,
     gemm_wbf16: CudaFunction,
     gemm_wf16: CudaFunction,
@@ -114,12 +119,16 @@ struct Kernels {
     moe_gemm_wbf16: CudaFunction,
     moe_gemm_wf16: CudaFunction,
     moe_gemm_we4m3: CudaFunction,
+    moe_permute: CudaFunction,
+    moe_gemm_wgmma: fp8_gemm::WgmmaKernels,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     kernels: Kernels,
+    /// Streaming multiprocessors: the persistent kernels' grid and their tile heuristic.
+    sm_count: usize,
 }
 
 impl CudaDevice {
@@ -165,6 +174,7 @@ impl CudaDevice {
             argmax: load("argmax")?,
             act_quant: load("act_quant")?,
             fp8_gemm: load("fp8_gemm")?,
+            fp8_gemm_wgmma: fp8_gemm::WgmmaKernels::dense(load)?,
             gemm_wf32: load("gemm_wf32")?,
             gemm_wbf16: load("gemm_wbf16")?,
             gemm_wf16: load("gemm_wf16")?,
@@ -190,9 +200,14 @@ impl CudaDevice {
             moe_gemm_wbf16: load("moe_gemm_wbf16")?,
             moe_gemm_wf16: load("moe_gemm_wf16")?,
             moe_gemm_we4m3: load("moe_gemm_we4m3")?,
+            moe_permute: load("moe_permute")?,
+            moe_gemm_wgmma: fp8_gemm::WgmmaKernels::grouped(load)?,
         };
         Self::init_indexer_fp8(&kernels.indexer_logits_fp8, &kernels.indexer_topk_fp8)?;
-        Ok(Self { stream: ctx.default_stream(), kernels })
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| driver("multiprocessor count", e))?;
+        Ok(Self { stream: ctx.default_stream(), kernels, sm_count: usize::try_from(sm_count).unwrap_or(1).max(1) })
     }
 
     /// The stream every launcher queues on (for libraries that work beside the kernels).

@@ -7,7 +7,9 @@
 //! call runs act_quant of the tokens (FP8 experts with `quant`), one grouped GEMM for gate and up,
 //! silu_mul, act_quant of the intermediate, one grouped GEMM for down, then the combine; the
 //! contiguous layout adds three small kernels before the GEMMs that sort the assignments by
-//! expert ([`MoeLayout`]). Scratch buffers (the sort, the quantized activations, the
+//! expert ([`MoeLayout`]); on FP8 experts it runs the Hopper grouped GEMM
+//! ([`MoeLayout::ContiguousWgmma`], `csrc/sm90/gemm/fp8_gemm.cu`) over a padded, permuted copy of
+//! the activations. Scratch buffers (the sort, the quantized activations, the
 //! intermediate and the experts' outputs) are allocated per call on the stream, as `linear`
 //! allocates its quantized activations.
 
@@ -15,16 +17,18 @@ use std::borrow::Cow;
 
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, SyncOnDrop, ValidAsZeroBits};
 
+use super::fp8_gemm::tensor_map;
 use super::gemm::{dim, u16s, Weight};
 use super::params::{
-    MoeCombineParams, MoeGemmParams, MoeSortParams, RouteParams, FLASHSEEK_GEMM_THREADS, FLASHSEEK_GEMM_TILE,
-    FLASHSEEK_MOE_MASKED_MAX, FLASHSEEK_MOE_SCAN_THREADS, FLASHSEEK_MOE_THREADS, FLASHSEEK_ROUTE_MAX_EXPERTS,
-    FLASHSEEK_ROUTE_THREADS,
+    MoeCombineParams, MoeGemmParams, MoeGemmWgmmaParams, MoePermuteParams, MoeSortParams, RouteParams,
+    FLASHSEEK_GEMM_THREADS, FLASHSEEK_GEMM_TILE, FLASHSEEK_MOE_MASKED_MAX, FLASHSEEK_MOE_PERMUTE_THREADS,
+    FLASHSEEK_MOE_SCAN_THREADS, FLASHSEEK_MOE_THREADS, FLASHSEEK_ROUTE_MAX_EXPERTS, FLASHSEEK_ROUTE_THREADS,
 };
 use super::{driver, grid, product, to_u32, CudaDevice};
 use crate::backend::{HostExpert, RouterParams};
 use crate::error::{ensure_shape, Error, Result};
 use crate::fp8::ScaleFmt;
+use crate::gemm_tiles::GemmTiles;
 use crate::model::weights::{blocks, DType, HostLinear};
 
 /// Blocks at most of the grid-stride bookkeeping kernels (count, scatter, combine).
@@ -79,6 +83,16 @@ impl CudaExperts {
     pub fn inter(&self) -> usize {
         self.gate.rows
     }
+
+    /// Whether [`MoeLayout::ContiguousWgmma`] takes these experts with activation quantization
+    /// `quant`: FP8 gate, up and down, quantized activations, hidden and inter multiples of 16
+    /// (TMA's row strides).
+    pub fn takes_wgmma(&self, quant: Option<ScaleFmt>) -> bool {
+        quant.is_some()
+            && [&self.gate, &self.up, &self.down].iter().all(|s| s.is_fp8())
+            && CudaDevice::fp8_gemm_fast_supports(self.hidden())
+            && CudaDevice::fp8_gemm_fast_supports(self.inter())
+    }
 }
 
 /// How the grouped GEMMs find each expert's assignments (`rows * top_k` of them, assignment
@@ -93,6 +107,12 @@ pub enum MoeLayout {
     /// contiguous segments, cut into 64-row tiles of one expert each; the grid holds an upper
     /// bound of the tiles (`ceil(n / 64) + min(n_experts, n)`), tiles past the real count leave.
     Contiguous,
+    /// The contiguous sort, on the Hopper grouped GEMM (wgmma fed by TMA, one persistent launch
+    /// per projection): the tokens' codes are permuted into each expert's 64-row tiles (padded),
+    /// gate, up and the intermediate stay in that padded order, and the down projection writes
+    /// each assignment's row back in place. Only where [`CudaExperts::takes_wgmma`];
+    /// [`CudaDevice::moe_experts`] takes it there for more than 64 assignments.
+    ContiguousWgmma,
 }
 
 impl MoeLayout {
@@ -103,6 +123,17 @@ impl MoeLayout {
             MoeLayout::Masked
         } else {
             MoeLayout::Contiguous
+        }
+    }
+
+    /// The layout [`CudaDevice::moe_experts`] takes for `assignments` (rows · top_k) of these
+    /// experts: [`MoeLayout::for_assignments`], on the Hopper grouped GEMM
+    /// ([`MoeLayout::ContiguousWgmma`]) where that is contiguous and
+    /// [`CudaExperts::takes_wgmma`].
+    pub fn for_call(assignments: usize, experts: &CudaExperts, quant: Option<ScaleFmt>) -> Self {
+        match Self::for_assignments(assignments) {
+            MoeLayout::Contiguous if experts.takes_wgmma(quant) => MoeLayout::ContiguousWgmma,
+            layout => layout,
         }
     }
 }
@@ -140,6 +171,16 @@ impl SortParts {
             sorted: at(4 * e + 2),
         }
     }
+}
+
+/// The sort as the Hopper grouped GEMM and moe_permute read it (device addresses), with the
+/// bound of its m tiles and the padded rows allocated for them (64 per tile).
+struct Padded {
+    offsets: u64,
+    tile_starts: u64,
+    sorted: u64,
+    m_tiles: usize,
+    padded: usize,
 }
 
 /// A grouped GEMM's activations: f32 rows, or e4m3 codes with their 1x128 scales.
@@ -325,7 +366,7 @@ impl CudaDevice {
     /// `[rows, hidden]` with `top_k` experts each (`idx`, `weights`: `[rows, top_k]`), SiLU-gated
     /// experts, as the CPU backend's `moe_experts`: where the experts are FP8 and `quant` is set,
     /// the tokens and the intermediate are quantized per 1x128 group first. `out` `[rows, hidden]`
-    /// is overwritten. The layout is [`MoeLayout::for_assignments`]`(rows * top_k)`.
+    /// is overwritten. The layout is [`MoeLayout::for_call`].
     ///
     /// The CPU rejects an expert id outside `0..n_experts`; here idx stays on the device, so such
     /// an id is caught there: its token's output row is NaN, the other rows are computed as usual.
@@ -341,12 +382,13 @@ impl CudaDevice {
         quant: Option<ScaleFmt>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let layout = MoeLayout::for_assignments(rows.saturating_mul(top_k));
+        let layout = MoeLayout::for_call(rows.saturating_mul(top_k), experts, quant);
         self.moe_experts_with(x, rows, experts, idx, weights, top_k, quant, layout, out)
     }
 
     /// [`CudaDevice::moe_experts`] in the layout given (the masked one takes at most 64
-    /// assignments): both give the same bits.
+    /// assignments, the wgmma one [`CudaExperts::takes_wgmma`]): masked and contiguous give the
+    /// same bits; the wgmma one differs by its GEMMs' accumulation only.
     #[allow(clippy::too_many_arguments)]
     pub fn moe_experts_with(
         &self,
@@ -367,6 +409,9 @@ impl CudaDevice {
         let n = product(rows, top_k, OP)?;
         ensure_shape(layout == MoeLayout::Contiguous || n <= FLASHSEEK_MOE_MASKED_MAX as usize, OP, || {
             format!("{n} assignments: the masked layout takes at most {FLASHSEEK_MOE_MASKED_MAX}")
+        })?;
+        ensure_shape(layout != MoeLayout::ContiguousWgmma || experts.takes_wgmma(quant), OP, || {
+            format!("the wgmma layout needs FP8 experts, quantized activations and hidden ({hidden}) and inter ({inter}) multiples of 16")
         })?;
         // Assignments, hidden and inter are GEMM dimensions (below 2^31); y holds n * hidden.
         dim(n, OP, "assignments")?;
@@ -430,9 +475,12 @@ impl CudaDevice {
         const OP: &str = "moe_experts";
         let (n_experts, hidden, inter) = (experts.n_experts, experts.hidden(), experts.inter());
         let n = rows * top_k;
+        if let (MoeLayout::ContiguousWgmma, Some(fmt)) = (layout, quant) {
+            return self.expert_outputs_wgmma(x, rows, experts, idx, top_k, fmt, y);
+        }
         let sort = match layout {
             MoeLayout::Masked => None,
-            MoeLayout::Contiguous => Some(self.sort_assignments(idx, n, n_experts)?),
+            MoeLayout::Contiguous | MoeLayout::ContiguousWgmma => Some(self.sort_assignments(idx, n, n_experts)?),
         };
         let (ws_ptr, _ws) = match &sort {
             Some(ws) => {
@@ -446,7 +494,9 @@ impl CudaDevice {
             masked: layout == MoeLayout::Masked,
             m_tiles: match layout {
                 MoeLayout::Masked => n_experts,
-                MoeLayout::Contiguous => n.div_ceil(FLASHSEEK_GEMM_TILE as usize) + n_experts.min(n),
+                MoeLayout::Contiguous | MoeLayout::ContiguousWgmma => {
+                    n.div_ceil(FLASHSEEK_GEMM_TILE as usize) + n_experts.min(n)
+                }
             },
             idx: idx_ptr,
             offsets: parts.as_ref().map_or(0, |p| p.offsets),
@@ -514,6 +564,166 @@ impl CudaDevice {
                 self.grouped_gemm(Acts::F32(g_ptr), 1, &[&experts.down], [y_ptr, 0], &routing, n, n_experts)
             }
         }
+    }
+
+    /// [`CudaDevice::expert_outputs`] on the Hopper grouped GEMM ([`MoeLayout::ContiguousWgmma`]):
+    /// the sort; the tokens quantized and permuted into the padded rows (each expert's
+    /// assignments in 64-row tiles); gate and up into padded rows of g and u; silu_mul and the
+    /// intermediate's quantization over all padded rows (padding rows stay zero: silu(0)·0 and
+    /// their codes are 0); down scattered into y's assignment rows. Per row the very operations
+    /// of the other layouts, only the GEMMs' accumulation differs.
+    #[allow(clippy::too_many_arguments)]
+    fn expert_outputs_wgmma(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        experts: &CudaExperts,
+        idx: &CudaSlice<i32>,
+        top_k: usize,
+        fmt: ScaleFmt,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "moe_experts";
+        let (n_experts, hidden, inter) = (experts.n_experts, experts.hidden(), experts.inter());
+        let n = rows * top_k;
+        let sort = self.sort_assignments(idx, n, n_experts)?;
+        let (ws_ptr, _ws) = self.input(&sort, sort.len(), OP, "the sort")?;
+        let parts = SortParts::new(ws_ptr, n_experts);
+        let m_tiles = n.div_ceil(FLASHSEEK_GEMM_TILE as usize) + n_experts.min(n);
+        let padded = product(m_tiles, FLASHSEEK_GEMM_TILE as usize, OP)?;
+        dim(padded, OP, "padded rows")?;
+        let pad =
+            Padded { offsets: parts.offsets, tile_starts: parts.tile_starts, sorted: parts.sorted, m_tiles, padded };
+
+        let mut codes = self.zeros::<u8>(product(rows, hidden, OP)?.max(1))?;
+        let mut scales = self.zeros::<f32>(product(rows, blocks(hidden), OP)?.max(1))?;
+        self.act_quant(x, rows, hidden, fmt, &mut codes, &mut scales)?;
+        let mut a = self.zeros::<u8>(product(padded, hidden, OP)?)?;
+        let mut a_scales = self.zeros::<f32>(product(padded, blocks(hidden), OP)?)?;
+        self.moe_permute((&codes, &scales), rows, hidden, top_k, n_experts, &pad, (&mut a, &mut a_scales))?;
+        drop((codes, scales));
+
+        let mut g = self.zeros::<f32>(product(padded, inter, OP)?)?;
+        let mut u = self.zeros::<f32>(padded * inter)?;
+        self.grouped_wgmma((&a, &a_scales), &experts.gate, n_experts, &pad, None, &mut g)?;
+        self.grouped_wgmma((&a, &a_scales), &experts.up, n_experts, &pad, None, &mut u)?;
+        drop((a, a_scales));
+        self.silu_mul(&mut g, &u, padded * inter)?;
+        drop(u);
+        let mut h = self.zeros::<u8>(padded * inter)?;
+        let mut h_scales = self.zeros::<f32>(product(padded, blocks(inter), OP)?)?;
+        self.act_quant(&g, padded, inter, fmt, &mut h, &mut h_scales)?;
+        self.grouped_wgmma((&h, &h_scales), &experts.down, n_experts, &pad, Some(n), y)
+    }
+
+    /// moe_permute: the padded rows of `codes` `[src_rows, k]` (and their scales) for the grouped
+    /// GEMM, row a / a_row_div for the assignment a each holds, zeros for padding rows.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_permute(
+        &self,
+        (codes, scales): (&CudaSlice<u8>, &CudaSlice<f32>),
+        src_rows: usize,
+        k: usize,
+        a_row_div: usize,
+        n_experts: usize,
+        pad: &Padded,
+        (out_codes, out_scales): (&mut CudaSlice<u8>, &mut CudaSlice<f32>),
+    ) -> Result<()> {
+        const OP: &str = "moe_experts";
+        ensure_shape(CudaDevice::fp8_gemm_fast_supports(k) && a_row_div > 0, OP, || {
+            format!("permuting rows of {k} codes by {a_row_div}")
+        })?;
+        let (c_ptr, _c) = self.input(codes, product(src_rows, k, OP)?, OP, "codes")?;
+        let (s_ptr, _s) = self.input(scales, product(src_rows, blocks(k), OP)?, OP, "scales")?;
+        let (oc_ptr, _oc) = self.output(out_codes, product(pad.padded, k, OP)?, OP, "padded codes")?;
+        let (os_ptr, _os) = self.output(out_scales, product(pad.padded, blocks(k), OP)?, OP, "padded scales")?;
+        let warps = (FLASHSEEK_MOE_PERMUTE_THREADS / 32) as usize;
+        let p = MoePermuteParams {
+            codes: c_ptr as *const u8,
+            scales: s_ptr as *const f32,
+            out_codes: oc_ptr as *mut u8,
+            out_scales: os_ptr as *mut f32,
+            offsets: pad.offsets as *const u32,
+            tile_starts: pad.tile_starts as *const u32,
+            sorted: pad.sorted as *const u32,
+            n_experts: to_u32(n_experts, OP, "experts")?,
+            m_tiles: to_u32(pad.m_tiles, OP, "tiles")?,
+            k: to_u32(k, OP, "k")?,
+            a_row_div: to_u32(a_row_div, OP, "top_k")?,
+        };
+        // SAFETY: the warp of padded row r < 64 m_tiles (below 2^31, checked) writes row r of the
+        // padded codes and scales (lengths checked); where r holds an assignment a (a position of
+        // the sort below offsets[e + 1] <= the ids it sorted, all below src_rows * a_row_div: the
+        // caller's idx holds src_rows * a_row_div ids) it reads row a / a_row_div < src_rows of
+        // codes and scales. The sort's tiles number at most m_tiles (ceil(n / 64) +
+        // min(n_experts, n)), so every m tile it reads is in the sort's arrays.
+        unsafe {
+            self.launch(
+                &self.kernels.moe_permute,
+                OP,
+                grid(pad.padded.div_ceil(warps), OP)?,
+                FLASHSEEK_MOE_PERMUTE_THREADS,
+                &p,
+            )
+        }
+    }
+
+    /// One grouped Hopper GEMM over the padded rows: `out[row] = a[row] · (stack of row's
+    /// expert)ᵀ` for the rows holding an assignment, row being the padded row, or with `scatter`
+    /// = Some(n) the assignment (`out` `[n, stack.rows]`).
+    fn grouped_wgmma(
+        &self,
+        (a, a_scales): (&CudaSlice<u8>, &CudaSlice<f32>),
+        stack: &Stack,
+        n_experts: usize,
+        pad: &Padded,
+        scatter: Option<usize>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "moe_experts";
+        let Weight::Fp8 { codes, scales } = &stack.weight else {
+            return Err(Error::shape(OP, "the wgmma layout needs FP8 experts"));
+        };
+        let (n, k) = (stack.rows, stack.cols);
+        ensure_shape(CudaDevice::fp8_gemm_fast_supports(k), OP, || format!("k = {k}: not a multiple of 16"))?;
+        let stacked_rows = product(n_experts, n, OP)?;
+        dim(stacked_rows, OP, "experts x rows")?;
+        let out_rows = scatter.unwrap_or(pad.padded);
+        let (a_ptr, _a) = self.input(a, product(pad.padded, k, OP)?, OP, "padded codes")?;
+        let (sa_ptr, _sa) = self.input(a_scales, product(pad.padded, blocks(k), OP)?, OP, "padded scales")?;
+        let (b_ptr, _b) = self.input(codes, product(stacked_rows, k, OP)?, OP, "experts")?;
+        let (sb_ptr, _sb) = self.input(scales, product(stack.scale_stride(), n_experts, OP)?, OP, "scales")?;
+        let (out_ptr, _out) = self.output(out, product(out_rows, n, OP)?, OP, "out")?;
+        let tiles = GemmTiles::choose_grouped(pad.padded, n, self.sm_count);
+        let count = tiles.tiles(pad.padded, n);
+        if count == 0 {
+            return Ok(());
+        }
+        let map_a = tensor_map(a_ptr, pad.padded, k, tiles.block_m, OP)?;
+        let map_b = tensor_map(b_ptr, stacked_rows, k, tiles.block_n, OP)?;
+        let p = MoeGemmWgmmaParams {
+            a_scales: sa_ptr as *const f32,
+            b_scales: sb_ptr as *const f32,
+            out: out_ptr as *mut f32,
+            offsets: pad.offsets as *const u32,
+            tile_starts: pad.tile_starts as *const u32,
+            sorted: pad.sorted as *const u32,
+            b_scale_stride: stack.scale_stride() as u64,
+            n_experts: to_u32(n_experts, OP, "experts")?,
+            m_tiles: to_u32(pad.m_tiles, OP, "tiles")?,
+            n: dim(n, OP, "n")?,
+            k: dim(k, OP, "k")?,
+            scatter: u32::from(scatter.is_some()),
+        };
+        let kernel = self.kernels.moe_gemm_wgmma.get(tiles, OP)?;
+        // SAFETY: the kernel takes (CUtensorMap, CUtensorMap, MoeGemmWgmmaParams). It runs the
+        // tiles of the sort's m tiles (at most m_tiles: their rows are padded rows, all inside
+        // the padded codes and scales checked above) by the n blocks; the expert of a tile is
+        // below n_experts, whose weights' rows (n_experts * n) and scales (n_experts strides) were
+        // checked; TMA reads nothing outside the maps' extents. It writes out row = the padded
+        // row (< padded) or, scattered, the sorted assignment (< n of the caller's idx, each
+        // written once), columns below n: inside out, checked for out_rows * n.
+        unsafe { self.launch_wgmma(kernel, OP, tiles, count, [&map_a, &map_b], &p) }
     }
 
     /// Sorts the `n` assignments of `idx` by expert on the device (moe_count, moe_offsets,
