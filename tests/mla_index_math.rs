@@ -339,8 +339,8 @@ fn page_and_topk_addressing_is_the_cpus() {
         }
     }
     for pos in [0i64, 5, 100, 349] {
-        for e in 0..200usize {
-            let t = i64::from(topk[e]);
+        for (e, &entry) in topk.iter().enumerate() {
+            let t = i64::from(entry);
             assert_eq!(got[i], if (0..=pos).contains(&t) { t } else { -1 }, "top-k entry {e} at {pos}");
             assert_eq!(got[i + 1], if e as i64 <= pos { e as i64 } else { -1 }, "dense entry {e} at {pos}");
             i += 2;
