@@ -439,7 +439,7 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
     if (w.row >= p.rows || w.end < w.begin) {
         return;
     }
-    w.tiles = (w.end - w.begin + kTileKeys - 1) / kTileKeys;
+    w.tiles = static_cast<uint32_t>((static_cast<uint64_t>(w.end - w.begin) + kTileKeys - 1) / kTileKeys);
     if (threadIdx.x == 0) {
         for (int s = 0; s < kStages; ++s) {
             mbar_init(base + Smem::full(s), kWarpgroup);
