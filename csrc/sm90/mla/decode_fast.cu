@@ -35,9 +35,9 @@ static_assert(kThreads == FLASHSEEK_MLA_FP8_THREADS && kHeads == FLASHSEEK_MLA_F
 static_assert(kTileKeys == FLASHSEEK_MLA_FP8_TILE, "params.h's tile");
 
 // Registers per thread after the split: the producer gives up what the math warpgroups take
-// (128 x 104 + 256 x 200 = 64512, within the 384 x 168 the launch bounds allot).
-constexpr uint32_t kProducerRegs = 104;
-constexpr uint32_t kMathRegs = 200;
+// (128 x 120 + 256 x 192 = 64512, within the 384 x 168 the launch bounds allot).
+constexpr uint32_t kProducerRegs = 120;
+constexpr uint32_t kMathRegs = 192;
 // Named barriers of the two math warpgroups (0 is __syncthreads).
 constexpr uint32_t kBarQ = 1;
 constexpr uint32_t kBarMax = 2;
@@ -177,7 +177,6 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
     const int32_t* topk_row = p.topk != nullptr ? p.topk + static_cast<size_t>(w.row) * p.topk_cols : nullptr;
     for (uint32_t it = 0; it < w.tiles; ++it) {
         const int stage = stage_of(it);
-        mbar_wait(base + Smem::empty(stage), empty_parity(it));
         const uint64_t e0 = static_cast<uint64_t>(w.begin) + static_cast<uint64_t>(it) * kTileKeys;
         const uint32_t tile = base + Smem::k(stage);
         uint32_t bits = 0;
@@ -219,12 +218,21 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
                     rope[r] = __ldg(reinterpret_cast<const uint4*>(token + rope_src(lane)));
                 }
             }
+            // The first half's loads are in flight while the stage drains.
+            if (half == 0) {
+                mbar_wait(base + Smem::empty(stage), empty_parity(it));
+            }
+            // Lanes 4..7 of each 8 store their upper 8 values first: each 8-lane phase of a
+            // 16-byte store then covers the 8 bank groups of the row once.
+            const uint32_t col = code_col(lane);
+            const bool swap = (lane / 4) % 2 == 1;
 #pragma unroll
             for (uint32_t j = 0; j < kKeysPerHalf; ++j) {
                 const uint32_t row = producer_key(warp, half, j);
-                const uint32_t col = code_col(lane);
-                st_shared_v4(tile + tile_offset(row, col), dequant8(codes[j].x, codes[j].y, scales[j]));
-                st_shared_v4(tile + tile_offset(row, col + 8), dequant8(codes[j].z, codes[j].w, scales[j]));
+                const uint4 lo = dequant8(codes[j].x, codes[j].y, scales[j]);
+                const uint4 hi = dequant8(codes[j].z, codes[j].w, scales[j]);
+                st_shared_v4(tile + tile_offset(row, swap ? col + 8 : col), swap ? hi : lo);
+                st_shared_v4(tile + tile_offset(row, swap ? col : col + 8), swap ? lo : hi);
             }
 #pragma unroll
             for (uint32_t r = 0; r < 2; ++r) {
