@@ -449,7 +449,9 @@ fn emulated_data_flow_matches_exact_attention() {
                 .replace("@SLOTS@", &slots.to_string())
                 .replace("@BS@", &block_size.to_string())
                 .replace("@SCALE@", &format!("{scale:e}f"))
-                .replace("@SPLITS@", &plan.splits.to_string())
+                .replace("@PARTS@", &plan.parts.max(1).to_string())
+                .replace("@MERGES@", &if plan.merges.is_empty() { "0".into() } else { join(plan.merge_words().iter()) })
+                .replace("@NMERGES@", &plan.merges.len().to_string())
                 .replace("@POS@", &join(pos.iter()))
                 .replace("@SEQ@", &join(0..rows))
                 .replace("@STARTS@", &join(starts.iter()))
@@ -496,9 +498,9 @@ fn emulated_data_flow_matches_exact_attention() {
                 }
             }
         }
-        let split = plan.items.iter().any(|w| w.split != WHOLE);
+        let split = plan.items.iter().filter(|w| w.part != WHOLE).count();
         eprintln!(
-            "emulation case {case}: {} items, split {split}, worst error {worst:.3} of the bound",
+            "emulation case {case}: {} items ({split} split), worst error {worst:.3} of the bound",
             plan.items.len()
         );
     }
@@ -531,7 +533,8 @@ static float e4m3(unsigned char c) {
     return s ? -v : v;
 }
 int main() {
-    const uint32_t rows = @ROWS@, heads = @HEADS@, splits = @SPLITS@, n_items = @NITEMS@;
+    const uint32_t rows = @ROWS@, heads = @HEADS@, parts = @PARTS@, n_items = @NITEMS@, n_merges = @NMERGES@;
+    const uint32_t merges[] = {@MERGES@};
     const uint64_t slots = @SLOTS@;
     const float scale = @SCALE@;
     const uint32_t pos[] = {@POS@}, seq[] = {@SEQ@}, starts[] = {@STARTS@}, blocks[] = {@BLOCKS@};
@@ -542,9 +545,9 @@ int main() {
     std::vector<unsigned char> qb = slurp("@Q@"), cache = slurp("@CACHE@");
     const float* q = reinterpret_cast<const float*>(qb.data());
     std::vector<float> out(rows * heads * kNope, 0.0f);
-    std::vector<float> part_acc(rows * heads * splits * kNope, 0.0f), part_stat(rows * heads * splits * 3, 0.0f);
+    std::vector<float> part_acc(parts * heads * kNope, 0.0f), part_stat(parts * heads * 3, 0.0f);
     for (uint32_t item = 0; item < n_items; ++item) {
-        const uint32_t row = items[4 * item], begin = items[4 * item + 1], end = items[4 * item + 2], split = items[4 * item + 3];
+        const uint32_t row = items[4 * item], begin = items[4 * item + 1], end = items[4 * item + 2], part = items[4 * item + 3];
         const uint32_t tiles = (end - begin + kTileKeys - 1) / kTileKeys;
         const uint64_t first = seq[row] < n_starts ? starts[seq[row]] : n_blocks;
         const int32_t* topk_row = sparse ? topk + (size_t)row * topk_cols : nullptr;
@@ -603,31 +606,38 @@ int main() {
                 }
             }
             const float sum = l[0] + l[1];
-            const size_t qi = (size_t)row * heads + h;
-            if (split == kWhole) {
+            if (part == kWhole) {
+                const size_t qi = (size_t)row * heads + h;
                 for (int c = 0; c < kNope; ++c) out[qi * kNope + c] = keys == 0 ? 0.0f : o[c] * (1.0f / sum);
             } else {
-                for (int c = 0; c < kNope; ++c) part_acc[(qi * splits + split) * kNope + c] = o[c];
-                float* stat = &part_stat[(qi * splits + split) * 3];
+                const uint64_t pi = partial_index(part, heads, h);
+                for (int c = 0; c < kNope; ++c) part_acc[pi * kNope + c] = o[c];
+                float* stat = &part_stat[pi * 3];
                 stat[0] = m; stat[1] = sum; stat[2] = (float)keys;
             }
         }
     }
-    if (splits > 1) {
-        // decode.cu's flashseek_mla_decode_combine_f32, one (row, head) at a time.
-        for (size_t rh = 0; rh < (size_t)rows * heads; ++rh) {
-            const float* stat = &part_stat[rh * splits * 3];
+    // flashseek_mla_decode_fp8_combine_f32, one (merge, head) at a time.
+    for (uint32_t mi = 0; mi < n_merges; ++mi) {
+        const uint32_t row = merges[3 * mi], first = merges[3 * mi + 1], count = merges[3 * mi + 2];
+        for (uint32_t h = 0; h < heads; ++h) {
             float mx = neg_inf(); unsigned n = 0;
-            for (uint32_t s = 0; s < splits; ++s) if (stat[3 * s + 2] > 0.0f) { mx = fmaxf(mx, stat[3 * s]); ++n; }
-            std::vector<float> w(splits, 0.0f); float total = 0.0f;
-            for (uint32_t s = 0; s < splits; ++s) if (stat[3 * s + 2] > 0.0f) {
-                w[s] = stat[3 * s] == mx ? 1.0f : std::exp(stat[3 * s] - mx);
-                total += w[s] * stat[3 * s + 1];
+            for (uint32_t s = 0; s < count; ++s) {
+                const float* stat = &part_stat[partial_index(first + s, heads, h) * 3];
+                if (stat[2] > 0.0f) { mx = fmaxf(mx, stat[0]); ++n; }
+            }
+            std::vector<float> w(count, 0.0f); float total = 0.0f;
+            for (uint32_t s = 0; s < count; ++s) {
+                const float* stat = &part_stat[partial_index(first + s, heads, h) * 3];
+                if (stat[2] > 0.0f) {
+                    w[s] = stat[0] == mx ? 1.0f : std::exp(stat[0] - mx);
+                    total += w[s] * stat[1];
+                }
             }
             for (int c = 0; c < kNope; ++c) {
                 float a = 0.0f;
-                for (uint32_t s = 0; s < splits; ++s) a = std::fma(w[s], part_acc[(rh * splits + s) * kNope + c], a);
-                out[rh * kNope + c] = n == 0 ? 0.0f : a / total;
+                for (uint32_t s = 0; s < count; ++s) a = std::fma(w[s], part_acc[partial_index(first + s, heads, h) * kNope + c], a);
+                out[((size_t)row * heads + h) * kNope + c] = n == 0 ? 0.0f : a / total;
             }
         }
     }

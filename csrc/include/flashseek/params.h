@@ -303,18 +303,20 @@ typedef struct MlaDecodeParams {
 // Decode attention of absorbed queries (q: rows of heads * 576 f32) over the FP8 latent cache
 // (`slots` tokens of 656 bytes). meta holds pos[rows], seq[rows], then the block table's
 // n_starts starts and n_blocks blocks, as MlaDecodeParams's. items: n_items work items of 4 u32
-// (query row, first key, end key, split or 0xffffffff where the item is its row's only one);
-// keys are positions 0..=pos, or (topk not null) entries of topk row `row` (topk_cols wide),
-// valid where 0 <= t <= pos. One CTA per (item, group of 64 heads), head group fastest. A whole
-// row's item writes out (rows of heads * 512); a split writes part_stat[(row, head, split)] =
-// (max, sum, keys) and part_acc[(row, head, split), :512] (`splits` per row and head), which
-// flashseek_mla_decode_combine_f32 merges (its MlaDecodeParams: rows, heads, kv_lora 512,
-// splits, out, part_acc, part_stat).
+// (query row, first key, end key, and the item's workspace slot, or 0xffffffff where the item is
+// its row's only one); keys are positions 0..=pos, or (topk not null) entries of topk row `row`
+// (topk_cols wide), valid where 0 <= t <= pos. flashseek_mla_decode_fp8_f32: one CTA per (item,
+// group of 64 heads), head group fastest. A row's only item writes out (rows of heads * 512);
+// a split item writes part_stat[(slot, head)] = (max, sum, keys) and part_acc[(slot, head), :512].
+// flashseek_mla_decode_fp8_combine_f32 (FLASHSEEK_MLA_COMBINE_THREADS threads, one block per
+// (merge, head), head fastest) merges them: merges holds n_merges entries of 3 u32 (row, first
+// slot, slots; at most FLASHSEEK_MLA_MAX_SPLITS).
 typedef struct MlaDecodeFp8Params {
     const float* q;
     const unsigned char* cache;
     const unsigned* meta;
     const unsigned* items;
+    const unsigned* merges;
     const int* topk;
     float* out;
     float* part_acc;
@@ -327,7 +329,7 @@ typedef struct MlaDecodeFp8Params {
     unsigned n_blocks;
     unsigned topk_cols;
     unsigned n_items;
-    unsigned splits;
+    unsigned n_merges;
     float scale;
 } MlaDecodeFp8Params;
 

@@ -15,8 +15,8 @@
 //   shared memory, both take the same online-softmax step, write their half of P (bf16) to
 //   shared memory, and each adds P V for its 256 output columns (4 wgmma m64n256k16, V read
 //   transposed from the same tile). Each holds 64 x 256 f32 of O in registers (128 a thread).
-// At the end a row's only item writes O / l; a split writes O, max and l for the combine
-// (flashseek_mla_decode_combine_f32 in decode.cu).
+// At the end a row's only item writes O / l; a split item writes O, max and l to its workspace
+// slot, and flashseek_mla_decode_fp8_combine_f32 merges a split row's slots.
 #include <cstdint>
 #include <utility>
 
@@ -160,7 +160,7 @@ struct Work {
     uint32_t row;
     uint32_t begin;
     uint32_t end;
-    uint32_t split;
+    uint32_t part;
     uint32_t head0;
     uint32_t tiles;
 };
@@ -386,18 +386,12 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
     const uint32_t h0 = w.head0 + r0;
     const uint32_t h1 = w.head0 + r1;
     const size_t col0 = static_cast<size_t>(kGroupCols) * g;
-    const bool whole = w.split == kWhole;
-    float* dst0 = nullptr;
-    float* dst1 = nullptr;
-    const size_t q0 = static_cast<size_t>(w.row) * p.heads + h0;
-    const size_t q1 = static_cast<size_t>(w.row) * p.heads + h1;
-    if (whole) {
-        dst0 = p.out + q0 * kNope + col0;
-        dst1 = p.out + q1 * kNope + col0;
-    } else {
-        dst0 = p.part_acc + (q0 * p.splits + w.split) * kNope + col0;
-        dst1 = p.part_acc + (q1 * p.splits + w.split) * kNope + col0;
-    }
+    const bool whole = w.part == kWhole;
+    // The output rows, or the item's partial slots.
+    const uint64_t q0 = whole ? static_cast<uint64_t>(w.row) * p.heads + h0 : partial_index(w.part, p.heads, h0);
+    const uint64_t q1 = whole ? static_cast<uint64_t>(w.row) * p.heads + h1 : partial_index(w.part, p.heads, h1);
+    float* dst0 = (whole ? p.out : p.part_acc) + q0 * kNope + col0;
+    float* dst1 = (whole ? p.out : p.part_acc) + q1 * kNope + col0;
     // A row without keys writes zeros, as the CPU; a whole row is normalized here.
     const float inv0 = !whole ? 1.0f : keys == 0 ? 0.0f : 1.0f / l0;
     const float inv1 = !whole ? 1.0f : keys == 0 ? 0.0f : 1.0f / l1;
@@ -415,13 +409,13 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
     if (!whole && g == 0 && t % 4 == 0) {
         const float k = static_cast<float>(keys);
         if (h0 < p.heads) {
-            float* stat = p.part_stat + (q0 * p.splits + w.split) * 3;
+            float* stat = p.part_stat + q0 * 3;
             stat[0] = m0;
             stat[1] = l0;
             stat[2] = k;
         }
         if (h1 < p.heads) {
-            float* stat = p.part_stat + (q1 * p.splits + w.split) * 3;
+            float* stat = p.part_stat + q1 * 3;
             stat[0] = m1;
             stat[1] = l1;
             stat[2] = k;
@@ -462,5 +456,62 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kMathRegs));
         attend(p, w, base);
+    }
+}
+
+// Merges the slots of one split row and head, block blockIdx.x = merge * heads + head: with M the
+// largest maximum among slots that had keys, out = sum_s w_s acc_s / sum_s w_s sum_s with
+// w_s = exp(max_s - M) (exactly 1 where max_s = M); zeros where no slot had a key. decode.cu's
+// combine over this kernel's compact slots.
+extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_COMBINE_THREADS)
+    flashseek_mla_decode_fp8_combine_f32(const MlaDecodeFp8Params p) {
+    __shared__ float weight[FLASHSEEK_MLA_MAX_SPLITS];
+    __shared__ float total;
+    __shared__ unsigned keys;
+    const uint32_t merge = blockIdx.x / p.heads;
+    const uint32_t head = blockIdx.x % p.heads;
+    if (merge >= p.n_merges) {
+        return;
+    }
+    const uint32_t* m = p.merges + static_cast<size_t>(merge) * kMergeWords;
+    const uint32_t row = m[0];
+    const uint32_t first = m[1];
+    const uint32_t count = m[2];
+    if (row >= p.rows || count > FLASHSEEK_MLA_MAX_SPLITS) {
+        return;
+    }
+    if (threadIdx.x == 0) {
+        float mx = neg_inf();
+        unsigned n = 0;
+        for (uint32_t s = 0; s < count; ++s) {
+            const float* stat = p.part_stat + partial_index(first + s, p.heads, head) * 3;
+            if (stat[2] > 0.0f) {
+                mx = fmaxf(mx, stat[0]);
+                ++n;
+            }
+        }
+        float sum = 0.0f;
+        for (uint32_t s = 0; s < count; ++s) {
+            const float* stat = p.part_stat + partial_index(first + s, p.heads, head) * 3;
+            float w = 0.0f;
+            if (stat[2] > 0.0f) {
+                w = stat[0] == mx ? 1.0f : expf(__fsub_rn(stat[0], mx));
+                sum = __fadd_rn(sum, __fmul_rn(w, stat[1]));
+            }
+            weight[s] = w;
+        }
+        total = sum;
+        keys = n;
+    }
+    __syncthreads();
+    float* out = p.out + (static_cast<size_t>(row) * p.heads + head) * kNope;
+    for (uint32_t d = threadIdx.x; d < kNope; d += FLASHSEEK_MLA_COMBINE_THREADS) {
+        float a = 0.0f;
+        // A slot without keys weighs 0 and holds zeros; one with keys adds w_s * acc_s even
+        // where w_s is 0, so that a NaN in it stays, as on the CPU.
+        for (uint32_t s = 0; s < count; ++s) {
+            a = fmaf(weight[s], p.part_acc[partial_index(first + s, p.heads, head) * kNope + d], a);
+        }
+        out[d] = keys == 0 ? 0.0f : __fdiv_rn(a, total);
     }
 }

@@ -177,11 +177,17 @@ FLASHSEEK_HOST_DEVICE constexpr int stage_of(uint32_t it) { return static_cast<i
 FLASHSEEK_HOST_DEVICE constexpr uint32_t full_parity(uint32_t it) { return (it / kStages) & 1u; }
 FLASHSEEK_HOST_DEVICE constexpr uint32_t empty_parity(uint32_t it) { return ((it / kStages) & 1u) ^ 1u; }
 
-// ---- work items (made by the launcher, src/backend/cuda/mla_fast.rs) ----
-// Four u32 per item: query row, first key, end key, and the item's split of the row, or
-// kWhole where the item is the row's only one (it writes the output; otherwise its partials).
+// ---- work items and merges (src/backend/decode_plan.rs makes them) ----
+// Four u32 per item: query row, first key, end key, and the item's workspace slot, or kWhole
+// where the item is the row's only one (it writes the output; otherwise its partials). Three
+// per merge: the split row, its first slot, its number of slots.
 constexpr int kItemWords = 4;
+constexpr int kMergeWords = 3;
 constexpr uint32_t kWhole = 0xffffffffu;
+// The partials of (slot, head): part_acc at 512 times this, part_stat at 3 times this.
+FLASHSEEK_HOST_DEVICE constexpr uint64_t partial_index(uint32_t slot, uint32_t heads, uint32_t head) {
+    return static_cast<uint64_t>(slot) * heads + head;
+}
 
 // ---- addressing ----
 // The cache slot of position t of a sequence whose pages start at blocks[first] (n_blocks in

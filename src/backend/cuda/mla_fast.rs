@@ -1,6 +1,6 @@
 //! The Hopper MLA decode over the FP8 latent cache (`csrc/sm90/mla/decode_fast.cu`): bf16 wgmma
 //! for Q·Kᵀ and P·V with the latent dequantized in shared memory, split-KV over a host plan
-//! (`backend::decode_plan`), the simple decode's combine kernel for split rows.
+//! (`backend::decode_plan`), and a combine kernel for the rows the plan splits.
 //!
 //! DeepSeek-V3.2's latent only (kv_lora 512, RoPE 64, `LatentFp8 { nope: 512, rope: 64 }`);
 //! other dims are an error here, and the caller falls back to the simple kernel. Any number of
@@ -11,8 +11,8 @@
 use cudarc::driver::CudaSlice;
 
 use super::params::{
-    MlaDecodeFp8Params, MlaDecodeParams, FLASHSEEK_MLA_COMBINE_THREADS, FLASHSEEK_MLA_FP8_HEADS,
-    FLASHSEEK_MLA_FP8_SMEM, FLASHSEEK_MLA_FP8_THREADS, FLASHSEEK_MLA_FP8_TILE, FLASHSEEK_MLA_MAX_SPLITS,
+    MlaDecodeFp8Params, FLASHSEEK_MLA_COMBINE_THREADS, FLASHSEEK_MLA_FP8_HEADS, FLASHSEEK_MLA_FP8_SMEM,
+    FLASHSEEK_MLA_FP8_THREADS, FLASHSEEK_MLA_FP8_TILE, FLASHSEEK_MLA_MAX_SPLITS,
 };
 use super::{grid, product, to_u32, CudaDevice};
 use crate::backend::decode_plan::decode_plan;
@@ -90,7 +90,7 @@ impl CudaDevice {
         let groups = d.heads.div_ceil(FLASHSEEK_MLA_FP8_HEADS as usize);
         let plan = decode_plan(&keys, FLASHSEEK_MLA_FP8_TILE as usize, groups, WAVE, FLASHSEEK_MLA_MAX_SPLITS as usize);
         let n_ctas = grid(product(plan.items.len(), groups, OP)?, OP)?;
-        let combine_blocks = grid(product(rows, d.heads, OP)?, OP)?;
+        let merge_blocks = grid(product(plan.merges.len(), d.heads, OP)?, OP)?;
         if n_ctas == 0 {
             return Ok(());
         }
@@ -104,34 +104,37 @@ impl CudaDevice {
         let words = plan.words();
         let items_dev = self.upload(&words)?;
         let (items_ptr, _items) = self.input(&items_dev, words.len(), OP, "work items")?;
-        // The partials of every (row, head, split), only where a row is split; zeros, so that a
-        // split a row does not have counts no keys in the combine.
-        let parts = if plan.splits > 1 { product(product(rows, d.heads, OP)?, plan.splits, OP)? } else { 0 };
-        let mut part_acc = self.zeros::<f32>(product(parts, KV_LORA, OP)?.max(1))?;
-        let mut part_stat = self.zeros::<f32>(product(parts, 3, OP)?.max(1))?;
-        let (acc_ptr, _acc) = self.output(&mut part_acc, parts * KV_LORA, OP, "workspace")?;
-        let (stat_ptr, _stat) = self.output(&mut part_stat, parts * 3, OP, "workspace")?;
-        let splits = plan.splits as u32;
-        let rows_u32 = rows as u32;
+        // One u32 where no row is split: the driver allocates nothing of 0 bytes.
+        let merge_words = plan.merge_words();
+        let merges_dev = self.upload(if merge_words.is_empty() { &[0] } else { &merge_words[..] })?;
+        let (merges_ptr, _merges) = self.input(&merges_dev, merge_words.len(), OP, "merges")?;
+        // The split items' partials, one slot per (split item, head).
+        let slots_heads = product(plan.parts, d.heads, OP)?;
+        let mut part_acc = self.zeros::<f32>(product(slots_heads, KV_LORA, OP)?.max(1))?;
+        let mut part_stat = self.zeros::<f32>(product(slots_heads, 3, OP)?.max(1))?;
+        let (acc_ptr, _acc) = self.output(&mut part_acc, slots_heads * KV_LORA, OP, "workspace")?;
+        let (stat_ptr, _stat) = self.output(&mut part_stat, slots_heads * 3, OP, "workspace")?;
         let p = MlaDecodeFp8Params {
             q: q_ptr as *const f32,
             cache: cache_ptr as *const u8,
             meta: meta_ptr as *const u32,
             items: items_ptr as *const u32,
+            merges: merges_ptr as *const u32,
             topk: topk_ptr as *const i32,
             out: out_ptr as *mut f32,
             part_acc: acc_ptr as *mut f32,
             part_stat: stat_ptr as *mut f32,
             slots: slots as u64,
-            rows: rows_u32,
+            // Checked to fit a u32 above.
+            rows: rows as u32,
             heads,
             block_size: to_u32(pages.block_size, OP, "block size")?,
             n_starts: to_u32(pages.starts.len(), OP, "block table starts")?,
             n_blocks: to_u32(pages.blocks.len(), OP, "block table")?,
             topk_cols,
-            // At most n_ctas, below 2^31.
+            // Both at most their grids, below 2^31.
             n_items: plan.items.len() as u32,
-            splits,
+            n_merges: plan.merges.len() as u32,
             scale,
         };
         // SAFETY: CTA (item, group) reads q_lat row `row` (rows · heads · 576 values, checked),
@@ -139,10 +142,10 @@ impl CudaDevice {
         // layout's offsets (every item's row below rows and keys within the row's count, by
         // construction of the plan), and tokens of slots its checks keep below `slots` (slots ·
         // token_bytes bytes, checked); it writes out's row (rows · heads · 512, checked) or its
-        // partials (split < splits: parts · 512 and parts · 3 values allocated above). The
-        // combine reads the partials and writes out alike. The kernel's shared memory limit was
-        // raised to FLASHSEEK_MLA_FP8_SMEM at load. cudarc frees the uploads and workspaces on
-        // the stream, after the kernels.
+        // workspace slot's (slot < parts: parts · heads · 512 and · 3 values allocated above).
+        // The combine reads the slots of each merge (first + count <= parts) and writes out's
+        // row alike. The kernel's shared memory limit was raised to FLASHSEEK_MLA_FP8_SMEM at
+        // load. cudarc frees the uploads and workspaces on the stream, after the kernels.
         unsafe {
             self.launch_smem(
                 &self.kernels.mla_decode_fp8,
@@ -153,32 +156,10 @@ impl CudaDevice {
                 &p,
             )
         }?;
-        if plan.splits > 1 {
-            let c = MlaDecodeParams {
-                q: std::ptr::null(),
-                cache: std::ptr::null(),
-                meta: std::ptr::null(),
-                topk: std::ptr::null(),
-                out: out_ptr as *mut f32,
-                part_acc: acc_ptr as *mut f32,
-                part_stat: stat_ptr as *mut f32,
-                cache_rows: 0,
-                rows: rows_u32,
-                heads,
-                kv_lora: KV_LORA as u32,
-                latent: lat as u32,
-                block_size: 0,
-                n_starts: 0,
-                n_blocks: 0,
-                topk_cols: 0,
-                splits,
-                chunk: 0,
-                scale,
-            };
-            // SAFETY: the combine reads only out, the partials and the counts above: block
-            // rh < rows · heads reads partials (rh, 0..splits) and writes out row rh (512).
+        if merge_blocks > 0 {
+            // SAFETY: as above.
             unsafe {
-                self.launch(&self.kernels.mla_decode_combine, OP, combine_blocks, FLASHSEEK_MLA_COMBINE_THREADS, &c)
+                self.launch(&self.kernels.mla_decode_fp8_combine, OP, merge_blocks, FLASHSEEK_MLA_COMBINE_THREADS, &p)
             }?;
         }
         Ok(())
