@@ -8,8 +8,8 @@
 // - warpgroup 2 (the producer) resolves each tile's 64 keys to cache slots through the block
 //   table (and the top-k row), loads their 656-byte tokens (16-byte loads, a warp reads a
 //   token's 512 codes in one instruction), dequantizes codes x scale to bf16 and stores them,
-//   with the bf16 RoPE values, in the 128-byte swizzle; zeros for masked keys. Two stages: it
-//   fills tile it + 1 while the math warpgroups work on tile it (mbarriers full/empty).
+//   with the bf16 RoPE values, in the 128-byte swizzle; zeros for masked keys. Two stages
+//   (mbarriers full/empty): a tile's loads are issued before the stage they go to drains.
 // - warpgroups 0 and 1 (the math): g scores keys 32g..32g+31 of the tile against all 64 heads
 //   (36 wgmma m64n32k16 over the 576 columns), the two exchange their per-head maxima through
 //   shared memory, both take the same online-softmax step, write their half of P (bf16) to
@@ -35,9 +35,9 @@ static_assert(kThreads == FLASHSEEK_MLA_FP8_THREADS && kHeads == FLASHSEEK_MLA_F
 static_assert(kTileKeys == FLASHSEEK_MLA_FP8_TILE, "params.h's tile");
 
 // Registers per thread after the split: the producer gives up what the math warpgroups take
-// (128 x 120 + 256 x 192 = 64512, within the 384 x 168 the launch bounds allot).
-constexpr uint32_t kProducerRegs = 120;
-constexpr uint32_t kMathRegs = 192;
+// (128 x 152 + 256 x 176 = 64512, within the 384 x 168 the launch bounds allot).
+constexpr uint32_t kProducerRegs = 152;
+constexpr uint32_t kMathRegs = 176;
 // Named barriers of the two math warpgroups (0 is __syncthreads).
 constexpr uint32_t kBarQ = 1;
 constexpr uint32_t kBarMax = 2;
@@ -179,7 +179,11 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
         const int stage = stage_of(it);
         const uint64_t e0 = static_cast<uint64_t>(w.begin) + static_cast<uint64_t>(it) * kTileKeys;
         const uint32_t tile = base + Smem::k(stage);
+        // Both halves' loads (a tile's 42 KB per CTA) go out before the stage drains.
         uint32_t bits = 0;
+        uint4 codes[2][kKeysPerHalf];
+        float scales[2][kKeysPerHalf];
+        uint4 rope[2][2];
 #pragma unroll
         for (uint32_t half = 0; half < 2; ++half) {
             // Lanes 0..7 resolve the half's 8 keys; every lane then reads them by shuffle.
@@ -195,48 +199,45 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
                 }
             }
             bits |= (__ballot_sync(0xffffffffu, slot >= 0) & 0xffu) << (8 * half);
-            uint4 codes[kKeysPerHalf];
-            float scales[kKeysPerHalf];
-            uint4 rope[2];
 #pragma unroll
             for (uint32_t j = 0; j < kKeysPerHalf; ++j) {
                 const long long s = __shfl_sync(0xffffffffu, slot, j);
-                codes[j] = make_uint4(0, 0, 0, 0);
-                scales[j] = 0.0f;
+                codes[half][j] = make_uint4(0, 0, 0, 0);
+                scales[half][j] = 0.0f;
                 if (s >= 0) {
                     const unsigned char* token = p.cache + token_offset(static_cast<uint64_t>(s));
-                    codes[j] = __ldg(reinterpret_cast<const uint4*>(token + code_src(lane)));
-                    scales[j] = __ldg(reinterpret_cast<const float*>(token + scale_src(lane)));
+                    codes[half][j] = __ldg(reinterpret_cast<const uint4*>(token + code_src(lane)));
+                    scales[half][j] = __ldg(reinterpret_cast<const float*>(token + scale_src(lane)));
                 }
             }
 #pragma unroll
             for (uint32_t r = 0; r < 2; ++r) {
                 const long long s = __shfl_sync(0xffffffffu, slot, 4 * r + lane / 8);
-                rope[r] = make_uint4(0, 0, 0, 0);
+                rope[half][r] = make_uint4(0, 0, 0, 0);
                 if (s >= 0) {
                     const unsigned char* token = p.cache + token_offset(static_cast<uint64_t>(s));
-                    rope[r] = __ldg(reinterpret_cast<const uint4*>(token + rope_src(lane)));
+                    rope[half][r] = __ldg(reinterpret_cast<const uint4*>(token + rope_src(lane)));
                 }
             }
-            // The first half's loads are in flight while the stage drains.
-            if (half == 0) {
-                mbar_wait(base + Smem::empty(stage), empty_parity(it));
-            }
-            // Lanes 4..7 of each 8 store their upper 8 values first: each 8-lane phase of a
-            // 16-byte store then covers the 8 bank groups of the row once.
-            const uint32_t col = code_col(lane);
-            const bool swap = (lane / 4) % 2 == 1;
+        }
+        mbar_wait(base + Smem::empty(stage), empty_parity(it));
+        // Lanes 4..7 of each 8 store their upper 8 values first: each 8-lane phase of a 16-byte
+        // store then covers the 8 bank groups of the row once.
+        const uint32_t col = code_col(lane);
+        const bool swap = (lane / 4) % 2 == 1;
+#pragma unroll
+        for (uint32_t half = 0; half < 2; ++half) {
 #pragma unroll
             for (uint32_t j = 0; j < kKeysPerHalf; ++j) {
                 const uint32_t row = producer_key(warp, half, j);
-                const uint4 lo = dequant8(codes[j].x, codes[j].y, scales[j]);
-                const uint4 hi = dequant8(codes[j].z, codes[j].w, scales[j]);
+                const uint4 lo = dequant8(codes[half][j].x, codes[half][j].y, scales[half][j]);
+                const uint4 hi = dequant8(codes[half][j].z, codes[half][j].w, scales[half][j]);
                 st_shared_v4(tile + tile_offset(row, swap ? col + 8 : col), swap ? hi : lo);
                 st_shared_v4(tile + tile_offset(row, swap ? col : col + 8), swap ? lo : hi);
             }
 #pragma unroll
             for (uint32_t r = 0; r < 2; ++r) {
-                st_shared_v4(tile + tile_offset(rope_key(warp, half, r, lane), rope_col(lane)), rope[r]);
+                st_shared_v4(tile + tile_offset(rope_key(warp, half, r, lane), rope_col(lane)), rope[half][r]);
             }
         }
         if (lane == 0) {
