@@ -3,7 +3,8 @@
 //! decode, both over an f32 cache holding the decoded tokens (`LatentFp8::decode`), and against
 //! the exact (f64) attention, within the bounds `tests/mla_bound` derives (bf16 queries and
 //! weights on the GPU). Dense and sparse (top-k with -1s, entries past the position, repeats),
-//! ragged contexts and page sizes, batch 1..130, 64, 128 and other head counts (a partial last
+//! ragged contexts and page sizes, prefill chunks (consecutive positions of one sequence: sparse
+//! prefill in the absorbed form), batch 1..130, 64, 128 and other head counts (a partial last
 //! group of 64), contexts long enough to split. Finite data only: NaN and infinity positions are
 //! not held to the CPU's here. Without a GPU the GPU tests say so and pass
 //! (`FLASHSEEK_REQUIRE_GPU=1` makes them fail); the check of the CPU against the bound runs
@@ -66,9 +67,18 @@ impl Case {
         }
         let slots = pool * block_size;
         let (mut seq, mut pos) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
-        for _ in 0..rows {
-            let s = rng.below(n_seqs);
-            let p = if rng.below(3) == 0 { rng.below(ctx[s]) } else { ctx[s] - 1 };
+        // One case in four is a prefill chunk (sparse prefill in the absorbed form): consecutive
+        // positions of one sequence, ending at its last.
+        let chunk = rng.below(4) == 0;
+        for i in 0..rows {
+            let s = if chunk { 0 } else { rng.below(n_seqs) };
+            let p = if chunk {
+                (ctx[0] + i).saturating_sub(rows)
+            } else if rng.below(3) == 0 {
+                rng.below(ctx[s])
+            } else {
+                ctx[s] - 1
+            };
             seq.push(s as u32);
             pos.push(p as u32);
         }

@@ -384,6 +384,10 @@ fn emulated_data_flow_matches_exact_attention() {
         (vec![400, 130, 64], true, 132),
         (vec![2000], true, 8),
         (vec![700, 700], false, 1),
+        // Sparse with rows whose entries are all invalid (-1 or past the position): zeros out
+        // of the combine (split rows), and from the item itself (whole rows).
+        (vec![3000, 20, 900], true, 16),
+        (vec![3000, 20, 900], true, 1),
     ]
     .into_iter()
     .enumerate()
@@ -418,6 +422,9 @@ fn emulated_data_flow_matches_exact_attention() {
         let topk: Vec<i32> = (0..rows * k)
             .map(|i| {
                 let p = pos[i / k.max(1)] as u64;
+                if case >= 5 && i / k != 2 {
+                    return if i % 2 == 0 { -1 } else { (p + 1 + rng.next() % 5) as i32 };
+                }
                 match rng.next() % 6 {
                     0 => -1,
                     1 => (p + 1 + rng.next() % 5) as i32,
