@@ -65,12 +65,15 @@ def timed(torch, fn, reps=20):
 
 
 def metadata(flash_mla, cache_seqlens, topk, fp8):
-    # Newer FlashMLA plans on its first call and takes no arguments here; older releases
-    # want the sequence lengths and the head ratio.
-    try:
-        return flash_mla.get_mla_metadata(cache_seqlens, HEADS, 1, HEADS, fp8, topk)
-    except TypeError:
-        return flash_mla.get_mla_metadata()
+    # Newer FlashMLA plans on its first call and takes no arguments here; the V3.2 release
+    # wants the lengths, the query heads per KV head, the KV heads, the query heads, the cache
+    # format and the top-k; older ones only the first three.
+    for args in [(), (cache_seqlens, HEADS, 1, HEADS, fp8, topk), (cache_seqlens, HEADS, 1)]:
+        try:
+            return flash_mla.get_mla_metadata(*args)
+        except TypeError:
+            continue
+    give_up("no get_mla_metadata signature of this FlashMLA fits")
 
 
 def main():
