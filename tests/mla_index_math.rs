@@ -1,6 +1,6 @@
 //! The index math of the Hopper MLA decode (`csrc/sm90/mla/decode_fast.cuh`) compiled for the
 //! host and checked against independent formulations: the 128-byte swizzle against CuTe's
-//! Swizzle<3,4,3>, every wgmma descriptor of the kernel decoded by the PTX ISA's canonical
+//! Swizzle<3,4,3>, the grid's (item, head group) map, every wgmma descriptor of the kernel decoded by the PTX ISA's canonical
 //! layouts down to the element it reaches, the accumulator fragment against the PTX ISA's
 //! figure, the producer's lane map (every byte of a tile written once, from the right source
 //! byte), the mbarrier parities under random schedules, page and top-k addressing against
@@ -196,6 +196,30 @@ fn accumulator_fragment_is_the_ptx_figure() {
         }
         assert_eq!(seen.len() as u64, 64 * n);
     }
+}
+
+/// The grid: items x head groups, every (item, group of 64 heads) exactly once, for head counts
+/// that are and are not multiples of 64.
+#[test]
+fn grid_covers_every_item_and_head_group_once() {
+    let src = program(
+        "  for (uint32_t heads : {1u, 16u, 64u, 65u, 128u, 130u}) for (uint32_t b = 0; b < 7 * head_groups(heads); ++b) \
+         { Cta c = cta_of(b, heads); std::printf(\"%u %u %u \", heads, c.item, c.head0); }",
+    );
+    let Some(out) = host_cpp::run("mla_grid", &src) else { return };
+    let got = host_cpp::numbers(&out);
+    let mut at = got.chunks(3);
+    for heads in [1u64, 16, 64, 65, 128, 130] {
+        let groups = heads.div_ceil(64);
+        let mut seen = HashSet::new();
+        for _ in 0..7 * groups {
+            let c = at.next().unwrap();
+            assert_eq!(c[0], heads);
+            assert!(c[1] < 7 && c[2] % 64 == 0 && c[2] < heads && seen.insert((c[1], c[2])));
+        }
+        assert_eq!(seen.len() as u64, 7 * groups);
+    }
+    assert!(at.next().is_none());
 }
 
 /// The producer: every (key, column) of a tile stored exactly once per tile, each code from the

@@ -431,14 +431,13 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
     extern __shared__ __align__(1024) unsigned char smem[];
     const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
     const uint32_t base = (raw + 1023u) & ~1023u;
-    const uint32_t groups = (p.heads + kHeads - 1) / kHeads;
-    const uint32_t item = blockIdx.x / groups;
+    const Cta cta = cta_of(blockIdx.x, p.heads);
     // Uniform over the CTA: no barrier is skipped by some threads only.
-    if (item >= p.n_items) {
+    if (cta.item >= p.n_items) {
         return;
     }
-    const uint32_t* words = p.items + static_cast<size_t>(item) * kItemWords;
-    Work w{words[0], words[1], words[2], words[3], (blockIdx.x % groups) * kHeads, 0};
+    const uint32_t* words = p.items + static_cast<size_t>(cta.item) * kItemWords;
+    Work w{words[0], words[1], words[2], words[3], cta.head0, 0};
     if (w.row >= p.rows || w.end < w.begin) {
         return;
     }

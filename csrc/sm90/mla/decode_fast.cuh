@@ -184,6 +184,16 @@ FLASHSEEK_HOST_DEVICE constexpr uint32_t empty_parity(uint32_t it) { return ((it
 constexpr int kItemWords = 4;
 constexpr int kMergeWords = 3;
 constexpr uint32_t kWhole = 0xffffffffu;
+// CTA `block` of the grid (items x head groups, the group fastest: an item's CTAs read the same
+// tokens at about the same time, the second from L2): its item and its first head.
+struct Cta {
+    uint32_t item;
+    uint32_t head0;
+};
+FLASHSEEK_HOST_DEVICE constexpr uint32_t head_groups(uint32_t heads) { return (heads + kHeads - 1) / kHeads; }
+FLASHSEEK_HOST_DEVICE constexpr Cta cta_of(uint32_t block, uint32_t heads) {
+    return Cta{block / head_groups(heads), block % head_groups(heads) * kHeads};
+}
 // The partials of (slot, head): part_acc at 512 times this, part_stat at 3 times this.
 FLASHSEEK_HOST_DEVICE constexpr uint64_t partial_index(uint32_t slot, uint32_t heads, uint32_t head) {
     return static_cast<uint64_t>(slot) * heads + head;
