@@ -18,7 +18,7 @@ use flashseek::backend::cuda::{CudaDevice, CudaLinear, IndexerFp8Input, MoeLayou
 use flashseek::backend::{HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
 use flashseek::fp8::ScaleFmt;
 use flashseek::gemm_tiles::GemmTiles;
-use flashseek::kv_layout::IndexFp8;
+use flashseek::kv_layout::{IndexFp8, LatentFp8};
 use flashseek::model::weights::{blocks, HostLinear, HostTensor};
 use half::bf16;
 
@@ -407,6 +407,59 @@ fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     }
 }
 
+/// The Hopper decode over the FP8 latent cache (656-byte tokens), batch 1 to 128 at 128 heads,
+/// dense over 4k to 64k positions and over the indexer's top 2048, beside the simple kernel's
+/// f32-cache cases above. Bytes: the tokens read plus the f32 queries in and outputs out.
+fn mla_fp8_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
+    let dims = MlaDims { heads: 128, nope: 128, rope: 64, v: 128, kv_lora: 512 };
+    let latent = LatentFp8::new(512, 64).expect("V3.2's latent");
+    let per_key = 2.0 * (dims.latent() + dims.kv_lora) as f64 * dims.heads as f64;
+    let per_row = (4 * dims.heads * (dims.latent() + dims.kv_lora)) as f64;
+    for batch in [1, 8, 32, 64, 128] {
+        for ctx in [4096, 16384, 65536] {
+            let (blocks, starts, rows) = private_pages(batch, ctx);
+            let Ok(cache) = dev.zeros::<u8>(rows * latent.token_bytes()) else {
+                eprintln!("mla_decode_fp8 {batch}x{ctx}: the cache does not fit on this GPU");
+                continue;
+            };
+            let pages = Pages { block_size: 64, blocks: &blocks, starts: &starts };
+            let pos = vec![ctx as u32 - 1; batch];
+            let seq: Vec<u32> = (0..batch as u32).collect();
+            let queries = Queries { pos: &pos, seq: &seq };
+            let q = dev.upload(&values(batch * dims.heads * dims.latent(), 22)).expect("q");
+            let mut out = dev.zeros::<f32>(batch * dims.heads * dims.kv_lora).expect("out");
+            let id = format!("b{batch} ctx{ctx}");
+            let keys = (batch * ctx) as f64;
+            let (flops, bytes) = (per_key * keys, keys * latent.token_bytes() as f64 + per_row * batch as f64);
+            bench(c, dev, entries, ("mla_decode dense fp8 cache (wgmma)", id.clone()), (flops, bytes), || {
+                dev.mla_decode_fp8(&q, batch, &cache, latent, rows, queries, pages, None, 0.1, dims, &mut out)
+                    .expect("mla_decode_fp8")
+            });
+            let k = 2048;
+            let topk: Vec<i32> = (0..batch).flat_map(|_| (0..k as i32).map(|i| i * (ctx / k) as i32)).collect();
+            let topk = dev.upload(&topk).expect("topk");
+            let keys = (batch * k) as f64;
+            let (flops, bytes) = (per_key * keys, keys * latent.token_bytes() as f64 + per_row * batch as f64);
+            bench(c, dev, entries, ("mla_decode top-2048 fp8 cache (wgmma)", id), (flops, bytes), || {
+                dev.mla_decode_fp8(
+                    &q,
+                    batch,
+                    &cache,
+                    latent,
+                    rows,
+                    queries,
+                    pages,
+                    Some((&topk, k)),
+                    0.1,
+                    dims,
+                    &mut out,
+                )
+                .expect("mla_decode_fp8")
+            });
+        }
+    }
+}
+
 /// The rest of V3.2's MLA path: the latent cache write of a decode step, the absorption of
 /// kv_b (bf16, [128 x 256, 512]) into queries and out of latents at batch 128, and causal
 /// prefill of one 4096-token sequence over expanded keys and values.
@@ -610,6 +663,7 @@ fn main() {
     small_op_benches(&mut c, &dev, &mut entries);
     moe_benches(&mut c, &dev, &mut entries);
     mla_benches(&mut c, &dev, &mut entries);
+    mla_fp8_benches(&mut c, &dev, &mut entries);
     mla_path_benches(&mut c, &dev, &mut entries);
     indexer_benches(&mut c, &dev, &mut entries);
     indexer_fp8_benches(&mut c, &dev, &mut entries);

@@ -3,7 +3,7 @@
 
 Prints TFLOP/s of cuBLAS's bf16 GEMM (torch.matmul), torch._scaled_mm with DeepSeek's blockwise
 scales (1x128 activations, 128x128 weights; "n/a" where this PyTorch refuses them) and DeepGEMM's
-fp8_gemm_nt where a DeepGEMM checkout sits in the git-ignored .deepgemm/ (or $DEEPGEMM_DIR) and
+fp8_gemm_nt where a DeepGEMM checkout sits in the git-ignored third_party/DeepGEMM (or $DEEPGEMM_DIR) and
 imports (it JIT-compiles its kernels with the machine's nvcc on first use). Compare with the
 "FP8 GEMM" table of `cargo bench --features cuda --bench cuda_kernels` from the same run.
 
@@ -35,7 +35,7 @@ def timed(fn):
 
 
 def deep_gemm_module():
-    root = os.environ.get("DEEPGEMM_DIR", os.path.join(os.path.dirname(__file__), "..", ".deepgemm"))
+    root = os.environ.get("DEEPGEMM_DIR", os.path.join(os.path.dirname(__file__), "..", "third_party", "DeepGEMM"))
     if not os.path.isdir(root):
         return None, f"no DeepGEMM checkout at {root}"
     sys.path.insert(0, root)

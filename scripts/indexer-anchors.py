@@ -6,7 +6,7 @@ queries at the end of one context: `fp8_mqa_logits`), contexts 4k to 128k. TFLOP
 2 x 64 x 128 multiply-adds per (query, key) pair scored, as the flashseek bench does.
 
 Run on the GPU machine, with PyTorch and DeepGEMM importable: an installed `deep_gemm`, or a
-checkout at $DEEPGEMM_DIR or the git-ignored .deepgemm/ (built in place). Without them it says so
+checkout at $DEEPGEMM_DIR or the git-ignored third_party/DeepGEMM (built in place). Without them it says so
 and exits 0. Prints a markdown table.
 """
 import os
@@ -14,7 +14,7 @@ import sys
 
 
 def import_deep_gemm():
-    for d in (os.environ.get("DEEPGEMM_DIR"), os.path.join(os.path.dirname(__file__), "..", ".deepgemm")):
+    for d in (os.environ.get("DEEPGEMM_DIR"), os.path.join(os.path.dirname(__file__), "..", "third_party", "DeepGEMM")):
         if d and os.path.isdir(d):
             sys.path.insert(0, os.path.abspath(d))
     try:

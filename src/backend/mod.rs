@@ -9,6 +9,7 @@ mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod decode_plan;
 pub mod device;
 
 use crate::error::{Error, Result};

@@ -355,6 +355,48 @@ typedef struct MlaDecodeParams {
     float scale;
 } MlaDecodeParams;
 
+// The Hopper decode over the FP8 latent cache (decode_fast.cu; index math in decode_fast.cuh):
+// DeepSeek-V3.2's latent only (512 NoPE + 64 RoPE, kv_layout.cuh's 656-byte tokens), 64 heads
+// per CTA, 384 threads (two math warpgroups and a loading one), this much dynamic shared memory.
+#define FLASHSEEK_MLA_FP8_HEADS 64
+#define FLASHSEEK_MLA_FP8_THREADS 384
+#define FLASHSEEK_MLA_FP8_SMEM 231984
+// Keys per tile; a work item's key range is cut into tiles of this many.
+#define FLASHSEEK_MLA_FP8_TILE 64
+
+// Decode attention of absorbed queries (q: rows of heads * 576 f32) over the FP8 latent cache
+// (`slots` tokens of 656 bytes). meta holds pos[rows], seq[rows], then the block table's
+// n_starts starts and n_blocks blocks, as MlaDecodeParams's. items: n_items work items of 4 u32
+// (query row, first key, end key, and the item's workspace slot, or 0xffffffff where the item is
+// its row's only one); keys are positions 0..=pos, or (topk not null) entries of topk row `row`
+// (topk_cols wide), valid where 0 <= t <= pos. flashseek_mla_decode_fp8_f32: one CTA per (item,
+// group of 64 heads), head group fastest. A row's only item writes out (rows of heads * 512);
+// a split item writes part_stat[(slot, head)] = (max, sum, keys) and part_acc[(slot, head), :512].
+// flashseek_mla_decode_fp8_combine_f32 (FLASHSEEK_MLA_COMBINE_THREADS threads, one block per
+// (merge, head), head fastest) merges them: merges holds n_merges entries of 3 u32 (row, first
+// slot, slots; at most FLASHSEEK_MLA_MAX_SPLITS).
+typedef struct MlaDecodeFp8Params {
+    const float* q;
+    const unsigned char* cache;
+    const unsigned* meta;
+    const unsigned* items;
+    const unsigned* merges;
+    const int* topk;
+    float* out;
+    float* part_acc;
+    float* part_stat;
+    unsigned long long slots;
+    unsigned rows;
+    unsigned heads;
+    unsigned block_size;
+    unsigned n_starts;
+    unsigned n_blocks;
+    unsigned topk_cols;
+    unsigned n_items;
+    unsigned n_merges;
+    float scale;
+} MlaDecodeFp8Params;
+
 // mla_prefill: one warp per query row, FLASHSEEK_MLA_PREFILL_ROWS rows of one sequence and one
 // head per block; a head's query (nope + rope) and value (v) each at most 256 wide.
 #define FLASHSEEK_MLA_PREFILL_ROWS 8

@@ -17,6 +17,7 @@ mod gemm;
 mod indexer;
 mod indexer_fast;
 mod mla;
+mod mla_fast;
 mod moe;
 mod norm;
 mod quant;
@@ -60,6 +61,7 @@ unsafe impl DeviceRepr for params::IndexerFp8Params {}
 unsafe impl DeviceRepr for params::KvCopyParams {}
 unsafe impl DeviceRepr for params::MlaAbsorbParams {}
 unsafe impl DeviceRepr for params::MlaDecodeParams {}
+unsafe impl DeviceRepr for params::MlaDecodeFp8Params {}
 unsafe impl DeviceRepr for params::MlaPrefillParams {}
 unsafe impl DeviceRepr for params::RouteParams {}
 unsafe impl DeviceRepr for params::MoeSortParams {}
@@ -107,6 +109,8 @@ struct Kernels {
     absorb_out: CudaFunction,
     mla_decode: CudaFunction,
     mla_decode_combine: CudaFunction,
+    mla_decode_fp8: CudaFunction,
+    mla_decode_fp8_combine: CudaFunction,
     mla_prefill: CudaFunction,
     mla_prefill_topk: CudaFunction,
     route: CudaFunction,
@@ -188,6 +192,8 @@ impl CudaDevice {
             absorb_out: load("absorb_out")?,
             mla_decode: load("mla_decode")?,
             mla_decode_combine: load("mla_decode_combine")?,
+            mla_decode_fp8: load("mla_decode_fp8")?,
+            mla_decode_fp8_combine: load("mla_decode_fp8_combine")?,
             mla_prefill: load("mla_prefill")?,
             mla_prefill_topk: load("mla_prefill_topk")?,
             route: load("route")?,
@@ -204,6 +210,12 @@ impl CudaDevice {
             moe_gemm_wgmma: fp8_gemm::WgmmaKernels::grouped(load)?,
         };
         Self::init_indexer_fp8(&kernels.indexer_logits_fp8, &kernels.indexer_topk_fp8)?;
+        // Kernels past 48 KB of dynamic shared memory raise their limit once.
+        let smem = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        kernels
+            .mla_decode_fp8
+            .set_attribute(smem, params::FLASHSEEK_MLA_FP8_SMEM as i32)
+            .map_err(|e| driver("shared memory of mla_decode_fp8", e))?;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver("multiprocessor count", e))?;
@@ -338,7 +350,25 @@ impl CudaDevice {
         threads: u32,
         params: &P,
     ) -> Result<()> {
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the caller's guarantees.
+        unsafe { self.launch_smem(kernel, op, blocks, threads, 0, params) }
+    }
+
+    /// [`CudaDevice::launch`] with `smem` bytes of dynamic shared memory (past 48 KB only for a
+    /// kernel whose limit `CudaDevice::new` raised).
+    ///
+    /// # Safety
+    /// As [`CudaDevice::launch`].
+    unsafe fn launch_smem<P: DeviceRepr>(
+        &self,
+        kernel: &CudaFunction,
+        op: &'static str,
+        blocks: u32,
+        threads: u32,
+        smem: u32,
+        params: &P,
+    ) -> Result<()> {
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem };
         let mut launch = self.stream.launch_builder(kernel);
         launch.arg(params);
         // SAFETY: the caller guarantees the argument and the memory it addresses.
