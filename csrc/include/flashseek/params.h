@@ -188,6 +188,9 @@ typedef struct IndexerParams {
     unsigned int block_size;
     unsigned int k;
     float weight_scale;
+    // Not null: the keys are an FP8 index cache (kv_layout.cuh's IndexFp8 of `dim`), `cache`
+    // unused.
+    const unsigned char* cache_fp8;
 } IndexerParams;
 
 // ---- The MLA family (csrc/sm90/mla/): the paged latent cache, absorption, attention ----
@@ -210,6 +213,37 @@ typedef struct KvCopyParams {
     unsigned dst_stride;
     unsigned dst_col;
 } KvCopyParams;
+
+// The FP8 caches (kv_fp8.cu; layouts of common/kv_layout.cuh), one block per pair of `pairs`:
+// - kv_store_fp8: pair i = (step row r, cache row slot): quantizes row r of `head` (head_stride
+//   wide, its first `nope` values) into the slot's codes and scales and, for a latent cache,
+//   writes columns tail_col..tail_col + rope of row r of `tail` as the slot's bf16 rope key.
+//   Latent scales are powers of two; index scales ue8m0 or exact. The host keeps only the last
+//   pair of a slot, so no two blocks write the same row.
+// - kv_gather_fp8: pair i = (cache row slot, destination row d): row d of `dst` (dst_stride
+//   wide) = decoded columns col..col + n of the slot.
+// `nope` is the quantized width (the latent's kv_lora, or the index key's dim).
+#define FLASHSEEK_KV_FP8_THREADS 128
+#define FLASHSEEK_KV_FP8_LATENT 0
+#define FLASHSEEK_KV_FP8_INDEX 1
+typedef struct KvFp8Params {
+    const float* head;
+    const float* tail;
+    unsigned char* cache;
+    float* dst;
+    const unsigned* pairs;
+    unsigned count;
+    unsigned layout;
+    unsigned nope;
+    unsigned rope;
+    unsigned ue8m0;
+    unsigned head_stride;
+    unsigned tail_stride;
+    unsigned tail_col;
+    unsigned dst_stride;
+    unsigned col;
+    unsigned n;
+} KvFp8Params;
 
 // Formats of a linear weight read in place (kv_b in absorb.cu), as CudaLinear holds them.
 #define FLASHSEEK_WEIGHT_F32 0
@@ -289,6 +323,9 @@ typedef struct MlaDecodeParams {
     unsigned splits;
     unsigned chunk;
     float scale;
+    // Not null: the cache is FP8 (kv_layout.cuh's LatentFp8 of kv_lora and latent - kv_lora),
+    // `cache` unused.
+    const unsigned char* cache_fp8;
 } MlaDecodeParams;
 
 // mla_prefill: one warp per query row, FLASHSEEK_MLA_PREFILL_ROWS rows of one sequence and one
