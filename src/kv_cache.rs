@@ -208,6 +208,32 @@ impl<B: Backend> KvCache<B> {
 mod tests {
     use super::*;
 
+    /// DeepSeek-V3.2's bytes per token and layer: 656 + 132 with the FP8 cache, 2304 + 512 with
+    /// the f32 one.
+    #[test]
+    fn deepseek_v32_bytes_per_token() {
+        let fp8 = CacheFormats {
+            latent: CacheFormat::Fp8Latent(LatentFp8::new(512, 64).unwrap()),
+            index: Some(CacheFormat::Fp8Index(IndexFp8::new(128, ScaleFmt::Ue8m0).unwrap())),
+        };
+        let f32 = CacheFormats { latent: CacheFormat::F32 { cols: 576 }, index: Some(CacheFormat::F32 { cols: 128 }) };
+        assert_eq!(fp8.bytes_per_token(), 656 + 132);
+        assert_eq!(f32.bytes_per_token(), 2304 + 512);
+        assert!(CacheFormat::Fp8Index(IndexFp8::new(128, ScaleFmt::Exact).unwrap()).bytes(65).is_err());
+        assert_eq!(fp8.latent.bytes(64).unwrap(), 64 * 656);
+    }
+
+    #[test]
+    fn kv_cache_dtype_values() {
+        assert_eq!("auto".parse(), Ok(KvCacheDtype::Auto));
+        assert_eq!("fp8_e4m3".parse(), Ok(KvCacheDtype::Fp8E4m3));
+        for (v, says) in [("bf16", "not supported yet"), ("fp8", "expected auto or fp8_e4m3"), ("", "expected")] {
+            let e = v.parse::<KvCacheDtype>().unwrap_err();
+            assert!(e.contains(says) && e.contains("fp8_e4m3"), "{v}: {e}");
+        }
+        assert_eq!(KvCacheDtype::Fp8E4m3.to_string(), "fp8_e4m3");
+    }
+
     #[test]
     fn shared_blocks_return_after_the_last_release() {
         let mut a = BlockAllocator::new(2);

@@ -11,6 +11,7 @@
 //!   bit-exact with the CPU on x86-64 with AVX2 and FMA, and the decoded keys are the CPU's).
 //!
 //! Skips without a GPU; fails without one under `FLASHSEEK_REQUIRE_GPU=1`.
+#![cfg(feature = "cuda")]
 
 mod cuda_common;
 
