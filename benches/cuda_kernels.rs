@@ -295,7 +295,7 @@ fn private_pages(batch: usize, ctx: usize) -> (Vec<u32>, Vec<u32>, usize) {
 
 /// V3.2's MLA: 128 heads, latent 512 + 64. Decode of one token per sequence at the end of its
 /// context over the paged f32 cache, dense and over the indexer's top 2048, and dense over the
-/// FP8 cache (656 bytes a token, decoded as the kernel stages it).
+/// FP8 cache (656 bytes a token, decoded as the kernel stages it) and the bf16 one.
 fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     let dims = MlaDims { heads: 128, nope: 128, rope: 64, v: 128, kv_lora: 512 };
     let latent = dims.latent();
@@ -332,8 +332,18 @@ fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
             continue;
         };
         let (flops, bytes) = (per_key * (batch * ctx) as f64, (batch * ctx * l.token_bytes()) as f64);
-        bench(c, dev, entries, ("mla_decode dense fp8 cache", id), (flops, bytes), || {
+        bench(c, dev, entries, ("mla_decode dense fp8 cache", id.clone()), (flops, bytes), || {
             let view = CacheView::Latent(&cache, l);
+            dev.mla_decode(&q, batch, view, rows, queries, pages, None, 0.1, dims, &mut out).expect("mla_decode")
+        });
+        drop(cache);
+        let Ok(cache) = dev.zeros::<u8>(rows * latent * 2) else {
+            eprintln!("mla_decode {batch}x{ctx}: the bf16 cache does not fit on this GPU");
+            continue;
+        };
+        let (flops, bytes) = (per_key * (batch * ctx) as f64, (batch * ctx * latent * 2) as f64);
+        bench(c, dev, entries, ("mla_decode dense bf16 cache", id), (flops, bytes), || {
+            let view = CacheView::Bf16(&cache, latent);
             dev.mla_decode(&q, batch, view, rows, queries, pages, None, 0.1, dims, &mut out).expect("mla_decode")
         });
     }
@@ -357,8 +367,8 @@ fn mla_path_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry
     let nope = dev.upload(&values(b * d.kv_lora, 57)).expect("nope");
     let bytes = (4 * b * lat + b * format.row_bytes()) as f64;
     bench(c, dev, entries, ("kv_store latent fp8 656", format!("m{b}")), (0.0, bytes), || {
-        dev.kv_store_fp8(&mut cache8, format, 65536, &slots, &nope, d.kv_lora, Some((&src, lat, d.kv_lora)))
-            .expect("kv_store_fp8")
+        dev.kv_pack(&mut cache8, format, 65536, &slots, &nope, d.kv_lora, Some((&src, lat, d.kv_lora)))
+            .expect("kv_pack")
     });
     let kv_b = dev.load_linear(&bf16_weight(d.heads * (d.nope + d.v), d.kv_lora)).expect("kv_b");
     let q = dev.upload(&values(b * d.heads * d.qk(), 52)).expect("q");

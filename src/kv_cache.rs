@@ -22,6 +22,8 @@ pub enum KvCacheDtype {
     /// The values as computed (f32).
     #[default]
     Auto,
+    /// bf16: the latent and the index keys rounded to bf16 (FlashMLA's non-FP8 cache).
+    Bf16,
     /// FP8 e4m3: the MLA latent in FlashMLA's layout and, for V3.2, the indexer keys.
     Fp8E4m3,
 }
@@ -30,6 +32,7 @@ impl KvCacheDtype {
     pub fn as_str(&self) -> &'static str {
         match self {
             KvCacheDtype::Auto => "auto",
+            KvCacheDtype::Bf16 => "bf16",
             KvCacheDtype::Fp8E4m3 => "fp8_e4m3",
         }
     }
@@ -47,11 +50,12 @@ impl FromStr for KvCacheDtype {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "auto" => Ok(KvCacheDtype::Auto),
+            "bf16" => Ok(KvCacheDtype::Bf16),
             "fp8_e4m3" => Ok(KvCacheDtype::Fp8E4m3),
-            "bf16" | "bfloat16" | "fp8_e5m2" | "fp4_e2m1" => {
-                Err(format!("--kv-cache-dtype {s} is not supported yet; use auto or fp8_e4m3"))
+            "fp8_e5m2" | "fp4_e2m1" => {
+                Err(format!("--kv-cache-dtype {s} is not supported yet; use auto, bf16 or fp8_e4m3"))
             }
-            _ => Err(format!("unknown --kv-cache-dtype {s:?}: expected auto or fp8_e4m3")),
+            _ => Err(format!("unknown --kv-cache-dtype {s:?}: expected auto, bf16 or fp8_e4m3")),
         }
     }
 }
@@ -73,6 +77,10 @@ impl CacheFormats {
             KvCacheDtype::Auto => CacheFormats {
                 latent: CacheFormat::F32 { cols: nope + rope },
                 index: cfg.indexer.map(|ix| CacheFormat::F32 { cols: ix.head_dim }),
+            },
+            KvCacheDtype::Bf16 => CacheFormats {
+                latent: CacheFormat::Bf16 { cols: nope + rope },
+                index: cfg.indexer.map(|ix| CacheFormat::Bf16 { cols: ix.head_dim }),
             },
             KvCacheDtype::Fp8E4m3 => CacheFormats {
                 latent: CacheFormat::Fp8Latent(LatentFp8::new(nope, rope)?),
@@ -227,7 +235,10 @@ mod tests {
     fn kv_cache_dtype_values() {
         assert_eq!("auto".parse(), Ok(KvCacheDtype::Auto));
         assert_eq!("fp8_e4m3".parse(), Ok(KvCacheDtype::Fp8E4m3));
-        for (v, says) in [("bf16", "not supported yet"), ("fp8", "expected auto or fp8_e4m3"), ("", "expected")] {
+        assert_eq!("bf16".parse(), Ok(KvCacheDtype::Bf16));
+        for (v, says) in
+            [("fp8_e5m2", "not supported yet"), ("fp8", "expected auto, bf16 or fp8_e4m3"), ("", "expected")]
+        {
             let e = v.parse::<KvCacheDtype>().unwrap_err();
             assert!(e.contains(says) && e.contains("fp8_e4m3"), "{v}: {e}");
         }

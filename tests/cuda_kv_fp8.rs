@@ -1,10 +1,11 @@
-//! The FP8 KV caches on the GPU (`csrc/sm90/mla/kv_fp8.cu`, and the FP8 paths of
+//! The packed KV caches on the GPU (`csrc/sm90/mla/kv_pack.cu`, and the FP8 and bf16 paths of
 //! `mla/decode.cu` and `indexer/indexer.cu`) against the CPU backend, through the `Backend` trait:
-//! - `kv_store` writes the CPU's bytes exactly (latent and index layouts, both index scale
-//!   formats, partial scale groups, repeated slots, NaN / infinite / signed-zero inputs);
+//! - `kv_store` writes the CPU's bytes exactly (FP8 latent and index layouts, both index scale
+//!   formats, partial scale groups, bf16 rows; repeated slots, NaN / infinite / signed-zero
+//!   inputs);
 //! - `kv_gather` returns the CPU's decoded values (NaN where the CPU has NaN: the GPU's NaNs
 //!   carry its canonical payload);
-//! - `mla_decode` over an FP8 cache is bit for bit the GPU's own `mla_decode` over an f32 cache
+//! - `mla_decode` over an FP8 or bf16 cache is bit for bit the GPU's own `mla_decode` over an f32 cache
 //!   of the decoded values (the kernel decodes into the tile it stages, then runs unchanged), so
 //!   it meets the CPU within tests/cuda_mla.rs's bound, which that file checks for f32 caches;
 //! - `indexer_topk` over an FP8 index cache selects the CPU's positions exactly (the indexer is
@@ -65,16 +66,41 @@ fn format_strategy() -> impl Strategy<Value = CacheFormat> {
     let index =
         (prop::sample::select(vec![16usize, 64, 128]), prop_oneof![Just(ScaleFmt::Exact), Just(ScaleFmt::Ue8m0)])
             .prop_map(|(d, f)| CacheFormat::Fp8Index(IndexFp8::new(d, f).expect("layout")));
-    prop_oneof![latent, index]
+    let bf16 = (1usize..600).prop_map(|cols| CacheFormat::Bf16 { cols });
+    prop_oneof![latent, index, bf16]
 }
 
-/// Rows of both parts of a format: the quantized width and the rope width.
+/// The widths of the two parts of a row: the head (an FP8 format's quantized part) and the rest.
 fn widths(format: CacheFormat) -> (usize, usize) {
     match format {
         CacheFormat::Fp8Latent(l) => (l.nope, l.rope),
         CacheFormat::Fp8Index(ix) => (ix.dim, 0),
+        CacheFormat::Bf16 { cols } => (cols - cols / 3, cols / 3),
         CacheFormat::F32 { cols } => (cols, 0),
     }
+}
+
+/// Every row of `bytes` decoded by the CPU's decoders (`kv_layout`, the half crate).
+fn decode_all(format: CacheFormat, rows: usize, bytes: &[u8]) -> Vec<f32> {
+    let cols = format.cols();
+    let mut values = vec![0.0; rows * cols];
+    for (s, row) in values.chunks_exact_mut(cols).enumerate() {
+        match format {
+            CacheFormat::Fp8Latent(l) => l.decode(&bytes[s * l.token_bytes()..(s + 1) * l.token_bytes()], row),
+            CacheFormat::Fp8Index(ix) => ix.decode(s, bytes, row),
+            CacheFormat::Bf16 { .. } | CacheFormat::F32 { .. } => {
+                let w = format.row_bytes() / cols;
+                for (j, v) in row.iter_mut().enumerate() {
+                    let b = &bytes[w * (s * cols + j)..w * (s * cols + j + 1)];
+                    *v = match w {
+                        2 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    };
+                }
+            }
+        }
+    }
+    values
 }
 
 #[test]
@@ -135,7 +161,7 @@ fn slot_of(blocks: &[u32], starts: &[u32], seq: usize, t: usize) -> u32 {
 }
 
 #[test]
-fn decode_over_fp8_is_decode_over_its_values() {
+fn decode_over_a_packed_cache_is_decode_over_its_values() {
     let Some(g) = gpu() else { return };
     let strategy = (
         prop::collection::vec(1usize..300, 1..3),
@@ -148,8 +174,11 @@ fn decode_over_fp8_is_decode_over_its_values() {
     run(strategy, |(lens, kv_lora, rope, heads, sparse, seed)| {
         let mut rng = Rng(seed);
         let (blocks, starts, rows) = tables(&lens);
-        let l = LatentFp8::new(kv_lora, rope).expect("layout");
-        let format = CacheFormat::Fp8Latent(l);
+        let format = if rng.below(4) == 0 {
+            CacheFormat::Bf16 { cols: kv_lora + rope }
+        } else {
+            CacheFormat::Fp8Latent(LatentFp8::new(kv_lora, rope).expect("layout"))
+        };
         let mut cache = g.cache_zeros(format, rows).expect("cache");
         let slots: Vec<u32> = lens
             .iter()
@@ -162,10 +191,7 @@ fn decode_over_fp8_is_decode_over_its_values() {
         g.kv_store(&mut cache, &slots, &head, Some((&tail, 0))).expect("kv_store");
         let bytes = g.cache_read(&cache).expect("read");
         let lat = kv_lora + rope;
-        let mut values = vec![0.0; rows * lat];
-        for (s, row) in values.chunks_exact_mut(lat).enumerate() {
-            l.decode(&bytes[s * l.token_bytes()..(s + 1) * l.token_bytes()], row);
-        }
+        let values = decode_all(format, rows, &bytes);
         let mut f32_cache: CacheTensor<CudaBackend> =
             g.cache_zeros(CacheFormat::F32 { cols: lat }, rows).expect("cache");
         g.cache_write(&mut f32_cache, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()).expect("write");
@@ -195,7 +221,7 @@ fn decode_over_fp8_is_decode_over_its_values() {
 }
 
 #[test]
-fn indexer_over_fp8_selects_the_cpus_positions() {
+fn indexer_over_a_packed_cache_selects_the_cpus_positions() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::new();
     let strategy = (
@@ -209,7 +235,11 @@ fn indexer_over_fp8_selects_the_cpus_positions() {
     run(strategy, |(lens, dim, fmt, heads, k, seed)| {
         let mut rng = Rng(seed);
         let (blocks, starts, rows) = tables(&lens);
-        let format = CacheFormat::Fp8Index(IndexFp8::new(dim, fmt).expect("layout"));
+        let format = if rng.below(4) == 0 {
+            CacheFormat::Bf16 { cols: dim }
+        } else {
+            CacheFormat::Fp8Index(IndexFp8::new(dim, fmt).expect("layout"))
+        };
         let slots: Vec<u32> = lens
             .iter()
             .enumerate()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fixture_checks::{check_f32, check_f32_fp8_cache, check_fp8, F32_TOL};
+use common::fixture_checks::{check_f32, check_f32_packed_cache, check_fp8, F32_TOL};
 use common::*;
 use flashseek::backend::cuda::CudaBackend;
 use flashseek::kv_cache::KvCacheDtype;
@@ -101,7 +101,7 @@ macro_rules! fixture_tests {
             mod f32_mode {
                 $( #[test] fn $test() {
                     if crate::ready($name) {
-                        crate::check_f32_fp8_cache($name, |act| crate::on_gpu_fp8_cache($name, act));
+                        crate::check_f32_packed_cache($name, |act| crate::on_gpu_fp8_cache($name, act));
                     }
                 } )*
             }

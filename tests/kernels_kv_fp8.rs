@@ -1,7 +1,8 @@
-//! The FP8 KV caches (`--kv-cache-dtype fp8_e4m3`) on the CPU backend: `kv_store` writes exactly
-//! the bytes of `kv_layout`'s encoders (the last row of a slot given twice), `kv_gather` returns
-//! their decoders' values, and `mla_decode` / `indexer_topk` over an FP8 cache give bit for bit
-//! what they give over an f32 cache holding the decoded values (they decode into the same rows
+//! The packed KV caches (`--kv-cache-dtype fp8_e4m3` and `bf16`) on the CPU backend: `kv_store`
+//! writes exactly the bytes of `kv_layout`'s encoders (bf16: the half crate's rounding; the last
+//! row of a slot given twice), `kv_gather` returns their decoders' values, and `mla_decode` /
+//! `indexer_topk` over a packed cache give bit for bit what they give over an f32 cache holding
+//! the decoded values (they decode into the same rows
 //! and sum in the same order). Random shapes: latent widths with a partial last scale group,
 //! several sequences in shuffled pages, dense and sparse decode. Bad widths, slots and formats
 //! are errors that leave the cache alone.
@@ -53,7 +54,9 @@ fn fill(b: &CpuBackend, rng: &mut rf::Rng, format: CacheFormat, slots: usize, or
     let (head_cols, cols) = match format {
         CacheFormat::Fp8Latent(l) => (l.nope, l.nope + l.rope),
         CacheFormat::Fp8Index(ix) => (ix.dim, ix.dim),
-        CacheFormat::F32 { .. } => unreachable!("FP8 formats only"),
+        // Any split of a bf16 row between the two sources.
+        CacheFormat::Bf16 { cols } => (rng.below(cols + 1), cols),
+        CacheFormat::F32 { .. } => unreachable!("packed formats only"),
     };
     let mut at = 0;
     while at < order.len() {
@@ -79,6 +82,13 @@ fn fill(b: &CpuBackend, rng: &mut rf::Rng, format: CacheFormat, slots: usize, or
                     l.encode(h, r, &mut want[s * l.token_bytes()..(s + 1) * l.token_bytes()]);
                 }
                 CacheFormat::Fp8Index(ix) => ix.encode(s, h, &mut want),
+                CacheFormat::Bf16 { .. } => {
+                    let r = &tail[i * tail_cols + col..i * tail_cols + col + cols - head_cols];
+                    for (j, v) in h.iter().chain(r).enumerate() {
+                        let at = 2 * (s * cols + j);
+                        want[at..at + 2].copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                    }
+                }
                 CacheFormat::F32 { .. } => unreachable!(),
             }
         }
@@ -95,6 +105,12 @@ fn decoded(format: CacheFormat, slots: usize, bytes: &[u8]) -> CacheTensor<CpuBa
         match format {
             CacheFormat::Fp8Latent(l) => l.decode(&bytes[s * l.token_bytes()..(s + 1) * l.token_bytes()], row),
             CacheFormat::Fp8Index(ix) => ix.decode(s, bytes, row),
+            CacheFormat::Bf16 { .. } => {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let at = 2 * (s * cols + j);
+                    *v = half::bf16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32();
+                }
+            }
             CacheFormat::F32 { .. } => unreachable!(),
         }
     }
@@ -144,7 +160,11 @@ fn latent_store_gather_and_decode_match_the_layout_and_the_f32_cache() {
         let num_blocks = used + rng.below(3);
         let (tables, blocks, starts) = rf::gen_tables(&mut rng, &lens, num_blocks);
         let slots = num_blocks * BLOCK_SIZE;
-        let format = CacheFormat::Fp8Latent(LatentFp8::new(kv_lora, rope).expect("layout"));
+        let format = if rng.chance(0.25) {
+            CacheFormat::Bf16 { cols: kv_lora + rope }
+        } else {
+            CacheFormat::Fp8Latent(LatentFp8::new(kv_lora, rope).expect("layout"))
+        };
         let order = store_order(&mut rng, &tables, &lens);
         let Filled { cache, want } = fill(&b, &mut rng, format, slots, &order);
         let bytes = b.cache_read(&cache).expect("cache_read");
@@ -204,7 +224,11 @@ fn index_store_and_topk_match_the_layout_and_the_f32_cache() {
         let num_blocks = used + rng.below(3);
         let (tables, blocks, starts) = rf::gen_tables(&mut rng, &lens, num_blocks);
         let slots = num_blocks * BLOCK_SIZE;
-        let format = CacheFormat::Fp8Index(IndexFp8::new(dim, fmt).expect("layout"));
+        let format = if rng.chance(0.25) {
+            CacheFormat::Bf16 { cols: dim }
+        } else {
+            CacheFormat::Fp8Index(IndexFp8::new(dim, fmt).expect("layout"))
+        };
         let order = store_order(&mut rng, &tables, &lens);
         let Filled { cache, want } = fill(&b, &mut rng, format, slots, &order);
         let bytes = b.cache_read(&cache).expect("cache_read");

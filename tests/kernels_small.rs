@@ -150,7 +150,7 @@ fn argmax_first_on_ties() {
 fn values(c: &CacheTensor<CpuBackend>) -> &[f32] {
     match c.storage() {
         CpuCache::F32(v) => v,
-        CpuCache::Fp8(_) => panic!("an f32 cache holds bytes"),
+        CpuCache::Bytes(_) => panic!("an f32 cache holds bytes"),
     }
 }
 

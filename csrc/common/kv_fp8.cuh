@@ -1,6 +1,6 @@
-// Values of the FP8 paged caches (common/kv_layout.cuh) on the device, decoded as the CPU
-// backend decodes them (src/backend/cpu/kv.rs, src/kv_layout.rs): an e4m3 code's value times
-// its group's f32 scale, one rounding; a bf16 rope value widened exactly.
+// Values of the packed paged caches (common/kv_layout.cuh's FP8 layouts, and bf16 rows) on the
+// device, decoded as the CPU backend decodes them (src/backend/cpu/kv.rs, src/kv_layout.rs): an
+// e4m3 code's value times its group's f32 scale, one rounding; a bf16 value widened exactly.
 #pragma once
 
 #include "fp8.cuh"
@@ -28,6 +28,12 @@ __device__ __forceinline__ float latent_value(const LatentFp8& l, const unsigned
 // Decoded column `c` (< dim) of cache row `slot` of an index cache.
 __device__ __forceinline__ float index_value(const IndexFp8& ix, const unsigned char* cache, size_t slot, unsigned c) {
     return scaled_e4m3(cache[ix.key(slot) + c], cache + ix.scales(slot) + 4 * static_cast<size_t>(c / kGroup));
+}
+
+// Decoded column `c` (< cols) of cache row `slot` of a cache of bf16 rows of `cols`.
+__device__ __forceinline__ float bf16_value(const unsigned char* cache, size_t slot, unsigned cols, unsigned c) {
+    const unsigned short* row = reinterpret_cast<const unsigned short*>(cache) + slot * cols;
+    return __uint_as_float(static_cast<unsigned>(row[c]) << 16);
 }
 
 }  // namespace kv_layout

@@ -111,7 +111,7 @@ pub fn absorb_q<B: Backend>(q: &Tensor<B>, dims: MlaDims, out: &Tensor<B>) -> Re
 /// layout of those widths.
 fn latent_cache(format: CacheFormat, dims: MlaDims) -> bool {
     match format {
-        CacheFormat::F32 { cols } => cols == dims.latent(),
+        CacheFormat::F32 { cols } | CacheFormat::Bf16 { cols } => cols == dims.latent(),
         CacheFormat::Fp8Latent(l) => l.nope == dims.kv_lora && l.rope == dims.rope,
         CacheFormat::Fp8Index(_) => false,
     }
@@ -218,7 +218,7 @@ pub fn kv_store<B: Backend>(
     const OP: &str = "kv_store";
     let cols = cache.cols();
     let head_cols_ok = match cache.format {
-        CacheFormat::F32 { cols } => head.cols <= cols,
+        CacheFormat::F32 { cols } | CacheFormat::Bf16 { cols } => head.cols <= cols,
         CacheFormat::Fp8Latent(l) => head.cols == l.nope,
         CacheFormat::Fp8Index(ix) => head.cols == ix.dim,
     };

@@ -105,6 +105,7 @@ impl Pages<'_> {
 /// How a paged cache holds its rows (`--kv-cache-dtype`). Every kernel that reads a cache
 /// decodes its rows to f32 values, so the formats differ only in what they store:
 /// - `F32`: the values as given (`auto`);
+/// - `Bf16`: the values rounded to bf16 (to nearest even), 2 bytes each, row after row;
 /// - `Fp8Latent`: the MLA latent in FlashMLA's DeepSeek-V3.2 layout ([`LatentFp8`]): the
 ///   `kv_lora_rank` part as e4m3 with one power-of-two scale per 128, the rope key in bf16;
 /// - `Fp8Index`: the indexer keys as e4m3 with one scale per 128 of the model's indexer scale
@@ -115,6 +116,7 @@ impl Pages<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheFormat {
     F32 { cols: usize },
+    Bf16 { cols: usize },
     Fp8Latent(LatentFp8),
     Fp8Index(IndexFp8),
 }
@@ -123,7 +125,7 @@ impl CacheFormat {
     /// Values of one row, decoded.
     pub fn cols(&self) -> usize {
         match self {
-            CacheFormat::F32 { cols } => *cols,
+            CacheFormat::F32 { cols } | CacheFormat::Bf16 { cols } => *cols,
             CacheFormat::Fp8Latent(l) => l.nope + l.rope,
             CacheFormat::Fp8Index(ix) => ix.dim,
         }
@@ -133,6 +135,7 @@ impl CacheFormat {
     pub fn row_bytes(&self) -> usize {
         match self {
             CacheFormat::F32 { cols } => 4 * cols,
+            CacheFormat::Bf16 { cols } => 2 * cols,
             CacheFormat::Fp8Latent(l) => l.token_bytes(),
             CacheFormat::Fp8Index(ix) => ix.page_bytes() / PAGE,
         }
@@ -140,7 +143,7 @@ impl CacheFormat {
 
     /// Whether `kv_store` rounds values through FP8 (so the model need not round them first).
     pub fn is_fp8(&self) -> bool {
-        !matches!(self, CacheFormat::F32 { .. })
+        matches!(self, CacheFormat::Fp8Latent(_) | CacheFormat::Fp8Index(_))
     }
 
     /// Bytes of a cache of `rows` rows; an index cache holds whole pages.

@@ -78,7 +78,7 @@ pub fn check_f32<B: Backend>(name: &str, load: impl Fn(ActQuant) -> Model<B>) {
 
 /// Activation quantization on, against DeepSeek's FP8 semantics, to the fixtures' bounds, a
 /// tighter median on `logits` and exact free-running tokens on checkpoints without FP8 weights;
-/// with an FP8 KV cache, to [`fp8_cache_bounds`] instead.
+/// with a packed KV cache (FP8 or bf16), to [`fp8_cache_bounds`] instead.
 pub fn check_fp8<B: Backend>(name: &str, load: impl Fn(ActQuant) -> Model<B>) {
     let refs = read_safetensors(&fixture(name).join("reference.safetensors"));
     let refs8 = read_safetensors(&fixture(name).join("reference_fp8.safetensors"));
@@ -127,10 +127,11 @@ pub fn check_fp8<B: Backend>(name: &str, load: impl Fn(ActQuant) -> Model<B>) {
     }
 }
 
-/// The bounds of a model with an FP8 KV cache against a reference, given the FP8 effect `e` of
-/// that tensor (the median distance of `reference_fp8` from `reference`). The cache rounds what
-/// neither reference rounds: the rope key to bf16 (FlashMLA's layout), the latent with
-/// power-of-two scales where the reference's are exact, and (V3) the latent at all. These tiny
+/// The bounds of a model with a packed KV cache (FP8 or bf16) against a reference, given the
+/// FP8 effect `e` of that tensor (the median distance of `reference_fp8` from `reference`). The
+/// cache rounds what neither reference rounds: the rope key to bf16 (both caches), the latent to
+/// bf16, or through e4m3 with power-of-two scales where the reference's are exact, and (V3) the
+/// latent at all. These tiny
 /// random models amplify one such rounding into logits errors of the size of a whole FP8
 /// effect (a bf16 rope key alone moves tiny-v32-fp8's logits by a median 3.9e-2), so the bound
 /// is that size: the median within `e` or within e4m3's relative precision 2^-4, whichever is
@@ -141,25 +142,28 @@ fn fp8_cache_bounds(e: f64) -> Bounds {
     Bounds { median: e.max(0.0625), worst: 1.0, argmax: 0.6 }
 }
 
-/// Activation quantization off with an FP8 KV cache, against `transformers`, to
+/// Activation quantization off with a packed KV cache (FP8 or bf16), against `transformers`, to
 /// [`fp8_cache_bounds`].
-pub fn check_f32_fp8_cache<B: Backend>(name: &str, load: impl Fn(ActQuant) -> Model<B>) {
+pub fn check_f32_packed_cache<B: Backend>(name: &str, load: impl Fn(ActQuant) -> Model<B>) {
     let refs = read_safetensors(&fixture(name).join("reference.safetensors"));
     let refs8 = read_safetensors(&fixture(name).join("reference_fp8.safetensors"));
     let ids = refs["input_ids"].ids();
     let vocab = refs["logits"].cols();
     let mut model = load(ActQuant::None);
-    assert_eq!(model.kv_cache_dtype(), KvCacheDtype::Fp8E4m3);
+    assert_ne!(model.kv_cache_dtype(), KvCacheDtype::Auto);
+    let dtype = model.kv_cache_dtype();
     let effect = |k: &str| {
         compare(&refs8[k].data.iter().map(|&v| v as f32).collect::<Vec<_>>(), &refs[k].data, vocab).median_rel()
     };
     let bounds = |k: &str| fp8_cache_bounds(effect(k));
     let prefill = logits_of(&mut model, &ids, false);
-    check_bounds(&format!("{name} f32 prefill logits, fp8 cache"), &prefill, &refs["logits"], &bounds("logits"));
+    check_bounds(&format!("{name} f32 prefill logits, {dtype} cache"), &prefill, &refs["logits"], &bounds("logits"));
     let decoded = logits_of(&mut model, &ids, true);
-    check_bounds(&format!("{name} f32 decode-mode logits, fp8 cache"), &decoded, &refs["logits"], &bounds("logits"));
+    let what = format!("{name} f32 decode-mode logits, {dtype} cache");
+    check_bounds(&what, &decoded, &refs["logits"], &bounds("logits"));
     let prompt = refs["gen_prompt"].ids();
     let gen = refs["gen_tokens"].ids();
     let teacher = teacher_forced(&mut model, &prompt, &gen[..gen.len() - 1], Logits::Last);
-    check_bounds(&format!("{name} f32 gen_logits, fp8 cache"), &teacher, &refs["gen_logits"], &bounds("gen_logits"));
+    let what = format!("{name} f32 gen_logits, {dtype} cache");
+    check_bounds(&what, &teacher, &refs["gen_logits"], &bounds("gen_logits"));
 }

@@ -82,11 +82,15 @@ __device__ __forceinline__ size_t key_slot(const IndexerParams& p, const unsigne
     return static_cast<size_t>(table[t / p.block_size]) * p.block_size + t % p.block_size;
 }
 
-// Column c of the key in cache row `slot`: an f32, or an FP8 code decoded as the CPU does.
+// Column c of the key in cache row `slot`: an f32, or an FP8 code or a bf16 value decoded as
+// the CPU does.
 __device__ __forceinline__ float key_value(const IndexerParams& p, size_t slot, unsigned c) {
-    if (p.cache_fp8 != nullptr) {
-        return flashseek::kv_layout::index_value(flashseek::kv_layout::IndexFp8{static_cast<int>(p.dim)}, p.cache_fp8,
-                                                 slot, c);
+    if (p.cache_format == FLASHSEEK_CACHE_FP8) {
+        return flashseek::kv_layout::index_value(flashseek::kv_layout::IndexFp8{static_cast<int>(p.dim)},
+                                                 p.cache_bytes, slot, c);
+    }
+    if (p.cache_format == FLASHSEEK_CACHE_BF16) {
+        return flashseek::kv_layout::bf16_value(p.cache_bytes, slot, p.dim, c);
     }
     return p.cache[slot * p.dim + c];
 }

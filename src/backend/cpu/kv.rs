@@ -1,15 +1,15 @@
-//! The paged caches on the CPU: f32 rows, or FP8 bytes in the layouts of `kv_layout`, quantized
-//! as they are stored and decoded row by row where the kernels read them.
+//! The paged caches on the CPU: f32 rows, or bytes (bf16 rows, or the FP8 layouts of
+//! `kv_layout`), rounded as they are stored and decoded row by row where the kernels read them.
 
 use super::simd::{decode_bf16, decode_e4m3};
 use crate::backend::CacheFormat;
 use crate::error::{Error, Result};
 use crate::kv_layout::{IndexFp8, LatentFp8, GROUP, PAGE};
 
-/// A cache's storage: values for an `F32` cache, bytes for the FP8 ones.
+/// A cache's storage: values for an `F32` cache, bytes for the others.
 pub enum CpuCache {
     F32(Vec<f32>),
-    Fp8(Vec<u8>),
+    Bytes(Vec<u8>),
 }
 
 impl CpuCache {
@@ -17,14 +17,14 @@ impl CpuCache {
         let bytes = format.bytes(rows)?;
         Ok(match format {
             CacheFormat::F32 { .. } => CpuCache::F32(vec![0.0; bytes / 4]),
-            _ => CpuCache::Fp8(vec![0; bytes]),
+            _ => CpuCache::Bytes(vec![0; bytes]),
         })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             CpuCache::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            CpuCache::Fp8(b) => b.clone(),
+            CpuCache::Bytes(b) => b.clone(),
         }
     }
 
@@ -32,7 +32,7 @@ impl CpuCache {
     pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let len = match self {
             CpuCache::F32(v) => 4 * v.len(),
-            CpuCache::Fp8(b) => b.len(),
+            CpuCache::Bytes(b) => b.len(),
         };
         if bytes.len() != len {
             return Err(Error::shape("cache_write", format!("{} bytes into a cache of {len}", bytes.len())));
@@ -43,16 +43,17 @@ impl CpuCache {
                     *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
-            CpuCache::Fp8(b) => b.copy_from_slice(bytes),
+            CpuCache::Bytes(b) => b.copy_from_slice(bytes),
         }
         Ok(())
     }
 }
 
-/// A cache's rows as the kernels read them: f32 rows in place, FP8 rows decoded on the fly.
+/// A cache's rows as the kernels read them: f32 rows in place, the others decoded on the fly.
 #[derive(Clone, Copy)]
 pub enum Rows<'a> {
     F32 { data: &'a [f32], cols: usize },
+    Bf16 { bytes: &'a [u8], cols: usize },
     Latent { bytes: &'a [u8], layout: LatentFp8 },
     Index { bytes: &'a [u8], layout: IndexFp8 },
 }
@@ -61,8 +62,9 @@ impl<'a> Rows<'a> {
     pub fn new(cache: &'a CpuCache, format: CacheFormat) -> Result<Self> {
         match (cache, format) {
             (CpuCache::F32(data), CacheFormat::F32 { cols }) => Ok(Rows::F32 { data, cols }),
-            (CpuCache::Fp8(bytes), CacheFormat::Fp8Latent(layout)) => Ok(Rows::Latent { bytes, layout }),
-            (CpuCache::Fp8(bytes), CacheFormat::Fp8Index(layout)) => Ok(Rows::Index { bytes, layout }),
+            (CpuCache::Bytes(bytes), CacheFormat::Bf16 { cols }) => Ok(Rows::Bf16 { bytes, cols }),
+            (CpuCache::Bytes(bytes), CacheFormat::Fp8Latent(layout)) => Ok(Rows::Latent { bytes, layout }),
+            (CpuCache::Bytes(bytes), CacheFormat::Fp8Index(layout)) => Ok(Rows::Index { bytes, layout }),
             _ => Err(Error::Input(format!("a cache's storage does not match its format {format:?}"))),
         }
     }
@@ -70,7 +72,7 @@ impl<'a> Rows<'a> {
     /// Values of one decoded row.
     pub fn cols(&self) -> usize {
         match self {
-            Rows::F32 { cols, .. } => *cols,
+            Rows::F32 { cols, .. } | Rows::Bf16 { cols, .. } => *cols,
             Rows::Latent { layout, .. } => layout.nope + layout.rope,
             Rows::Index { layout, .. } => layout.dim,
         }
@@ -80,6 +82,7 @@ impl<'a> Rows<'a> {
     pub fn num_rows(&self) -> usize {
         match self {
             Rows::F32 { data, cols } => data.len().checked_div(*cols).unwrap_or(0),
+            Rows::Bf16 { bytes, cols } => bytes.len().checked_div(2 * *cols).unwrap_or(0),
             Rows::Latent { bytes, layout } => bytes.len() / layout.token_bytes(),
             Rows::Index { bytes, layout } => bytes.len() / layout.page_bytes() * PAGE,
         }
@@ -93,6 +96,7 @@ impl<'a> Rows<'a> {
     pub fn decode_row(&self, s: usize, out: &mut [f32]) {
         match *self {
             Rows::F32 { data, cols } => out.copy_from_slice(&data[s * cols..(s + 1) * cols]),
+            Rows::Bf16 { bytes, cols } => decode_bf16(&bytes[2 * s * cols..2 * (s + 1) * cols], out),
             Rows::Latent { bytes, layout } => {
                 let token = &bytes[s * layout.token_bytes()..(s + 1) * layout.token_bytes()];
                 let (nope, rope) = out.split_at_mut(layout.nope);
@@ -158,10 +162,16 @@ pub fn kv_store(
                 row[..head_cols].copy_from_slice(h);
                 row[head_cols..].copy_from_slice(tail_row(i));
             }
-            (CpuCache::Fp8(bytes), CacheFormat::Fp8Latent(l)) => {
+            (CpuCache::Bytes(bytes), CacheFormat::Bf16 { .. }) => {
+                let row = &mut bytes[2 * s * cols..2 * (s + 1) * cols];
+                for (b, v) in row.chunks_exact_mut(2).zip(h.iter().chain(tail_row(i))) {
+                    b.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                }
+            }
+            (CpuCache::Bytes(bytes), CacheFormat::Fp8Latent(l)) => {
                 l.encode(h, tail_row(i), &mut bytes[s * l.token_bytes()..(s + 1) * l.token_bytes()]);
             }
-            (CpuCache::Fp8(bytes), CacheFormat::Fp8Index(ix)) => ix.encode(s, h, bytes),
+            (CpuCache::Bytes(bytes), CacheFormat::Fp8Index(ix)) => ix.encode(s, h, bytes),
             _ => return Err(Error::Input(format!("a cache's storage does not match its format {format:?}"))),
         }
     }

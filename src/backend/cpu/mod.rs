@@ -94,7 +94,7 @@ impl CacheTensor<CpuBackend> {
         Ok(CacheTensor { buf, format, rows })
     }
 
-    /// The storage: values of an f32 cache, bytes of an FP8 one.
+    /// The storage: values of an f32 cache, bytes of the others.
     pub fn storage(&self) -> &CpuCache {
         &self.buf
     }

@@ -18,11 +18,12 @@ use crate::fp8::ScaleFmt;
 use crate::model::weights::{HostLinear, HostTensor};
 use crate::tensor::{CacheTensor, IntTensor, Tensor};
 
-/// A paged cache's device storage: f32 values, or the bytes of an FP8 layout. Both are plain
-/// buffers the fast kernels can read in place (their first [`CacheFormat::bytes`] bytes).
+/// A paged cache's device storage: f32 values, or the bytes of bf16 rows or an FP8 layout. Both
+/// are plain buffers the fast kernels can read in place (their first [`CacheFormat::bytes`]
+/// bytes).
 pub enum CudaCache {
     F32(CudaSlice<f32>),
-    Fp8(CudaSlice<u8>),
+    Bytes(CudaSlice<u8>),
 }
 
 /// The CUDA backend on one GPU.
@@ -66,8 +67,9 @@ impl CacheTensor<CudaBackend> {
     pub fn view(&self) -> Result<CacheView<'_>> {
         match (&self.buf, self.format) {
             (CudaCache::F32(b), CacheFormat::F32 { .. }) => Ok(CacheView::F32(b)),
-            (CudaCache::Fp8(b), CacheFormat::Fp8Latent(l)) => Ok(CacheView::Latent(b, l)),
-            (CudaCache::Fp8(b), CacheFormat::Fp8Index(ix)) => Ok(CacheView::Index(b, ix)),
+            (CudaCache::Bytes(b), CacheFormat::Bf16 { cols }) => Ok(CacheView::Bf16(b, cols)),
+            (CudaCache::Bytes(b), CacheFormat::Fp8Latent(l)) => Ok(CacheView::Latent(b, l)),
+            (CudaCache::Bytes(b), CacheFormat::Fp8Index(ix)) => Ok(CacheView::Index(b, ix)),
             _ => Err(Error::Input(format!("a cache's storage does not match its format {:?}", self.format))),
         }
     }
@@ -271,7 +273,7 @@ impl Backend for CudaBackend {
         // The driver allocates no empty buffers.
         let buf = match format {
             CacheFormat::F32 { cols } => CudaCache::F32(self.dev.zeros(product(rows, cols, "cache_zeros")?.max(1))?),
-            _ => CudaCache::Fp8(self.dev.zeros(format.bytes(rows)?.max(1))?),
+            _ => CudaCache::Bytes(self.dev.zeros(format.bytes(rows)?.max(1))?),
         };
         Ok(CacheTensor { buf, format, rows })
     }
@@ -284,7 +286,7 @@ impl Backend for CudaBackend {
                 self.dev.read(b, &mut v)?;
                 v.iter().flat_map(|x| x.to_le_bytes()).collect()
             }
-            CudaCache::Fp8(b) => {
+            CudaCache::Bytes(b) => {
                 let mut v = vec![0u8; len];
                 self.dev.read(b, &mut v)?;
                 v
@@ -300,7 +302,7 @@ impl Backend for CudaBackend {
                 let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
                 self.dev.write(b, &v)
             }
-            CudaCache::Fp8(b) => self.dev.write(b, bytes),
+            CudaCache::Bytes(b) => self.dev.write(b, bytes),
         }
     }
 
@@ -322,9 +324,9 @@ impl Backend for CudaBackend {
                     None => Ok(()),
                 }
             }
-            CudaCache::Fp8(b) => {
+            CudaCache::Bytes(b) => {
                 let tail = tail.map(|(t, col)| (&t.buf, t.cols, col));
-                self.dev.kv_store_fp8(b, format, rows, slots, &head.buf, head.cols, tail)
+                self.dev.kv_pack(b, format, rows, slots, &head.buf, head.cols, tail)
             }
         }
     }
@@ -333,9 +335,7 @@ impl Backend for CudaBackend {
         check::kv_gather(cache, slots, col, dst)?;
         match &cache.buf {
             CudaCache::F32(b) => self.dev.kv_gather(b, cache.rows, cache.cols(), slots, col, &mut dst.buf, dst.cols),
-            CudaCache::Fp8(b) => {
-                self.dev.kv_gather_fp8(b, cache.format, cache.rows, slots, col, &mut dst.buf, dst.cols)
-            }
+            CudaCache::Bytes(b) => self.dev.kv_unpack(b, cache.format, cache.rows, slots, col, &mut dst.buf, dst.cols),
         }
     }
 

@@ -14,7 +14,7 @@ mod elementwise;
 mod embedding;
 mod gemm;
 mod indexer;
-mod kv_fp8;
+mod kv_pack;
 mod mla;
 mod moe;
 mod norm;
@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use backend::CudaBackend;
 pub use backend::CudaCache;
 pub use gemm::CudaLinear;
-pub use kv_fp8::CacheView;
+pub use kv_pack::CacheView;
 pub use moe::{CudaExperts, MoeLayout};
 
 use cudarc::driver::{
@@ -56,7 +56,7 @@ unsafe impl DeviceRepr for params::ActQuantParams {}
 unsafe impl DeviceRepr for params::GemmParams {}
 unsafe impl DeviceRepr for params::IndexerParams {}
 unsafe impl DeviceRepr for params::KvCopyParams {}
-unsafe impl DeviceRepr for params::KvFp8Params {}
+unsafe impl DeviceRepr for params::KvPackParams {}
 unsafe impl DeviceRepr for params::MlaAbsorbParams {}
 unsafe impl DeviceRepr for params::MlaDecodeParams {}
 unsafe impl DeviceRepr for params::MlaPrefillParams {}
@@ -97,8 +97,8 @@ struct Kernels {
     indexer_logits: CudaFunction,
     indexer_topk: CudaFunction,
     kv_copy: CudaFunction,
-    kv_store_fp8: CudaFunction,
-    kv_gather_fp8: CudaFunction,
+    kv_pack: CudaFunction,
+    kv_unpack: CudaFunction,
     absorb_q: CudaFunction,
     absorb_out: CudaFunction,
     mla_decode: CudaFunction,
@@ -173,8 +173,8 @@ impl CudaDevice {
             indexer_logits: load("indexer_logits")?,
             indexer_topk: load("indexer_topk")?,
             kv_copy: load("kv_copy")?,
-            kv_store_fp8: load("kv_store_fp8")?,
-            kv_gather_fp8: load("kv_gather_fp8")?,
+            kv_pack: load("kv_pack")?,
+            kv_unpack: load("kv_unpack")?,
             absorb_q: load("absorb_q")?,
             absorb_out: load("absorb_out")?,
             mla_decode: load("mla_decode")?,

@@ -1,5 +1,6 @@
-// The FP8 paged caches (`--kv-cache-dtype fp8_e4m3`): the CPU backend's quantize-and-store and
-// decoding gather (src/backend/cpu/kv.rs), bit for bit. A store quantizes each group of 128 as
+// The packed paged caches (`--kv-cache-dtype fp8_e4m3` and `bf16`): the CPU backend's
+// quantize-and-store and decoding gather (src/backend/cpu/kv.rs), bit for bit. A bf16 row is its
+// values rounded as the half crate rounds them. An FP8 store quantizes each group of 128 as
 // src/kv_layout.rs's encoders do: amax (exact in any order), the scale of common/fp8.cuh's
 // group_scale (power-of-two for the latent, the model's format for index keys), each code
 // e4m3(clamp(v / scale, +-448)) rounded to nearest even; the latent's rope key is rounded to
@@ -15,7 +16,7 @@ using flashseek::kWarp;
 using flashseek::kv_layout::IndexFp8;
 using flashseek::kv_layout::LatentFp8;
 
-constexpr unsigned kThreads = FLASHSEEK_KV_FP8_THREADS;
+constexpr unsigned kThreads = FLASHSEEK_KV_PACK_THREADS;
 constexpr unsigned kWarps = kThreads / kWarp;
 constexpr unsigned kGroup = flashseek::kv_layout::kGroup;
 constexpr unsigned kPerLane = flashseek::kGroupPerLane;
@@ -36,13 +37,23 @@ __device__ __forceinline__ unsigned char quantize(float v, float scale) {
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(FLASHSEEK_KV_FP8_THREADS) flashseek_kv_store_fp8_f32(const KvFp8Params p) {
+extern "C" __global__ void __launch_bounds__(FLASHSEEK_KV_PACK_THREADS) flashseek_kv_pack_f32(const KvPackParams p) {
     if (blockIdx.x >= p.count) {
         return;
     }
     const unsigned row = p.pairs[2 * static_cast<size_t>(blockIdx.x)];
     const size_t slot = p.pairs[2 * static_cast<size_t>(blockIdx.x) + 1];
-    const bool latent = p.layout == FLASHSEEK_KV_FP8_LATENT;
+    if (p.layout == FLASHSEEK_KV_BF16) {
+        const unsigned cols = p.nope + p.rope;
+        unsigned short* out = reinterpret_cast<unsigned short*>(p.cache) + slot * cols;
+        const float* head = p.head + static_cast<size_t>(row) * p.head_stride;
+        const float* tail = p.tail + static_cast<size_t>(row) * p.tail_stride + p.tail_col;
+        for (unsigned c = threadIdx.x; c < cols; c += kThreads) {
+            out[c] = flashseek::kv_layout::bf16_bits(__float_as_uint(c < p.nope ? head[c] : tail[c - p.nope]));
+        }
+        return;
+    }
+    const bool latent = p.layout == FLASHSEEK_KV_LATENT_FP8;
     const LatentFp8 l{static_cast<int>(p.nope), static_cast<int>(p.rope)};
     const IndexFp8 ix{static_cast<int>(p.nope)};
     unsigned char* codes = p.cache + (latent ? l.token(slot) : ix.key(slot));
@@ -88,19 +99,23 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_KV_FP8_THREADS) flashseek
     }
 }
 
-extern "C" __global__ void __launch_bounds__(FLASHSEEK_KV_FP8_THREADS) flashseek_kv_gather_fp8_f32(const KvFp8Params p) {
+extern "C" __global__ void __launch_bounds__(FLASHSEEK_KV_PACK_THREADS) flashseek_kv_unpack_f32(const KvPackParams p) {
     if (blockIdx.x >= p.count) {
         return;
     }
     const size_t slot = p.pairs[2 * static_cast<size_t>(blockIdx.x)];
     const unsigned row = p.pairs[2 * static_cast<size_t>(blockIdx.x) + 1];
-    const bool latent = p.layout == FLASHSEEK_KV_FP8_LATENT;
+    const bool latent = p.layout == FLASHSEEK_KV_LATENT_FP8;
     const LatentFp8 l{static_cast<int>(p.nope), static_cast<int>(p.rope)};
     const IndexFp8 ix{static_cast<int>(p.nope)};
     float* dst = p.dst + static_cast<size_t>(row) * p.dst_stride;
     for (unsigned c = threadIdx.x; c < p.n; c += kThreads) {
         const unsigned col = p.col + c;
-        dst[c] = latent ? flashseek::kv_layout::latent_value(l, p.cache, slot, col)
-                        : flashseek::kv_layout::index_value(ix, p.cache, slot, col);
+        if (p.layout == FLASHSEEK_KV_BF16) {
+            dst[c] = flashseek::kv_layout::bf16_value(p.cache, slot, p.nope + p.rope, col);
+        } else {
+            dst[c] = latent ? flashseek::kv_layout::latent_value(l, p.cache, slot, col)
+                            : flashseek::kv_layout::index_value(ix, p.cache, slot, col);
+        }
     }
 }

@@ -1,6 +1,7 @@
-//! The FP8 KV caches on the device (`csrc/sm90/mla/kv_fp8.cu`): quantize-and-store and the
-//! decoding gather, bit for bit the CPU backend's (`src/backend/cpu/kv.rs`), and [`CacheView`],
-//! the cache a decode or indexer kernel reads (f32 rows, or an FP8 layout it decodes on load).
+//! The packed KV caches on the device (`csrc/sm90/mla/kv_pack.cu`): bf16 rows and the FP8
+//! layouts, stored (rounded, quantized) and gathered (decoded) bit for bit as the CPU backend
+//! does (`src/backend/cpu/kv.rs`), and [`CacheView`], the cache a decode or indexer kernel reads
+//! (f32 rows, or packed rows it decodes on load).
 //!
 //! Slots and column ranges are checked on the host, as the CPU checks them, before anything is
 //! queued; byte offsets on the device are 64-bit.
@@ -8,17 +9,20 @@
 use cudarc::driver::CudaSlice;
 
 use super::mla::{check_slots, fits, last_writes};
-use super::params::{KvFp8Params, FLASHSEEK_KV_FP8_INDEX, FLASHSEEK_KV_FP8_LATENT, FLASHSEEK_KV_FP8_THREADS};
+use super::params::{
+    KvPackParams, FLASHSEEK_KV_BF16, FLASHSEEK_KV_INDEX_FP8, FLASHSEEK_KV_LATENT_FP8, FLASHSEEK_KV_PACK_THREADS,
+};
 use super::{grid, product, to_u32, CudaDevice};
 use crate::backend::CacheFormat;
 use crate::error::{ensure_shape, Error, Result};
 use crate::fp8::ScaleFmt;
 use crate::kv_layout::{IndexFp8, LatentFp8};
 
-/// A paged cache as a kernel reads it: f32 rows, or bytes in an FP8 layout.
+/// A paged cache as a kernel reads it: f32 rows, or bytes: bf16 rows of `cols`, or an FP8 layout.
 #[derive(Clone, Copy)]
 pub enum CacheView<'a> {
     F32(&'a CudaSlice<f32>),
+    Bf16(&'a CudaSlice<u8>, usize),
     Latent(&'a CudaSlice<u8>, LatentFp8),
     Index(&'a CudaSlice<u8>, IndexFp8),
 }
@@ -29,22 +33,25 @@ impl<'a> From<&'a CudaSlice<f32>> for CacheView<'a> {
     }
 }
 
-/// The kernels' description of an FP8 format: `(layout, quantized width, rope width, ue8m0)`.
-fn fp8_layout(format: CacheFormat, op: &'static str) -> Result<(u32, usize, usize, u32)> {
+/// The kernels' description of a packed format whose rows take `head` values from the head
+/// tensor: `(layout, head width, tail width, ue8m0)`; an FP8 format fixes the head width.
+fn pack_layout(format: CacheFormat, head: usize, op: &'static str) -> Result<(u32, usize, usize, u32)> {
     match format {
-        CacheFormat::Fp8Latent(l) => Ok((FLASHSEEK_KV_FP8_LATENT, l.nope, l.rope, 1)),
-        CacheFormat::Fp8Index(ix) => Ok((FLASHSEEK_KV_FP8_INDEX, ix.dim, 0, u32::from(ix.fmt == ScaleFmt::Ue8m0))),
-        CacheFormat::F32 { .. } => Err(Error::shape(op, "an f32 cache has no FP8 layout".to_string())),
+        CacheFormat::Bf16 { cols } => Ok((FLASHSEEK_KV_BF16, head, cols.saturating_sub(head), 0)),
+        CacheFormat::Fp8Latent(l) => Ok((FLASHSEEK_KV_LATENT_FP8, l.nope, l.rope, 1)),
+        CacheFormat::Fp8Index(ix) => Ok((FLASHSEEK_KV_INDEX_FP8, ix.dim, 0, u32::from(ix.fmt == ScaleFmt::Ue8m0))),
+        CacheFormat::F32 { .. } => Err(Error::shape(op, "an f32 cache is not packed".to_string())),
     }
 }
 
 impl CudaDevice {
-    /// The CPU's `kv_store` into an FP8 cache of `cache_rows` rows of `format`: cache row
-    /// `slots[i]` = row `i` of `head` (rows of `head_cols`, exactly the quantized width)
-    /// quantized, then, for a latent cache, the rope key from columns `col..col + rope` of row
-    /// `i` of `tail` (`(buffer, width, col)`). Where a slot repeats, the last row wins.
+    /// The CPU's `kv_store` into a packed cache of `cache_rows` rows of `format`: cache row
+    /// `slots[i]` = row `i` of `head` (rows of `head_cols`: for an FP8 format exactly the
+    /// quantized width), then the rest of the row (an FP8 latent's rope key) from columns
+    /// `col..` of row `i` of `tail` (`(buffer, width, col)`), rounded or quantized to the format.
+    /// Where a slot repeats, the last row wins.
     #[allow(clippy::too_many_arguments)]
-    pub fn kv_store_fp8(
+    pub fn kv_pack(
         &self,
         cache: &mut CudaSlice<u8>,
         format: CacheFormat,
@@ -55,12 +62,12 @@ impl CudaDevice {
         tail: Option<(&CudaSlice<f32>, usize, usize)>,
     ) -> Result<()> {
         const OP: &str = "kv_store";
-        let (layout, nope, rope, ue8m0) = fp8_layout(format, OP)?;
+        let (layout, nope, rope, ue8m0) = pack_layout(format, head_cols, OP)?;
         let tail_ok = match tail {
             Some((_, width, col)) => rope > 0 && fits(col, rope, width),
             None => rope == 0,
         };
-        ensure_shape(head_cols == nope && tail_ok, OP, || {
+        ensure_shape(head_cols == nope && nope + rope == format.cols() && tail_ok, OP, || {
             format!(
                 "{} slots from rows of {head_cols} and tail {:?} into {format:?}",
                 slots.len(),
@@ -85,7 +92,7 @@ impl CudaDevice {
         }
         let pairs_dev = self.upload(&pairs)?;
         let (pairs_ptr, _pairs) = self.input(&pairs_dev, pairs.len(), OP, "rows")?;
-        let p = KvFp8Params {
+        let p = KvPackParams {
             head: head_ptr as *const f32,
             tail: tail_ptr as *const f32,
             cache: cache_ptr as *mut u8,
@@ -104,19 +111,19 @@ impl CudaDevice {
             n: 0,
         };
         // SAFETY: block i reads row r = pairs[2i] < slots.len() of head (head_cols values,
-        // slots.len() rows checked) and, for a latent cache, columns tail_col..tail_col + rope of
+        // slots.len() rows checked) and, where rope > 0, columns tail_col..tail_col + rope of
         // row r of tail (within its width, checked), and writes the bytes of cache row
         // pairs[2i + 1] < cache_rows (checked) of the layout, within format.bytes(cache_rows)
         // (checked); no two pairs share a row. cudarc frees `pairs_dev` on the stream, after
         // the kernel.
-        unsafe { self.launch(&self.kernels.kv_store_fp8, OP, count, FLASHSEEK_KV_FP8_THREADS, &p) }
+        unsafe { self.launch(&self.kernels.kv_pack, OP, count, FLASHSEEK_KV_PACK_THREADS, &p) }
     }
 
-    /// The CPU's `kv_gather` from an FP8 cache of `cache_rows` rows of `format`: row `i` of
+    /// The CPU's `kv_gather` from a packed cache of `cache_rows` rows of `format`: row `i` of
     /// `dst` (`slots.len()` rows of `dst_cols`) = decoded columns `col..col + dst_cols` of cache
     /// row `slots[i]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn kv_gather_fp8(
+    pub fn kv_unpack(
         &self,
         cache: &CudaSlice<u8>,
         format: CacheFormat,
@@ -127,7 +134,7 @@ impl CudaDevice {
         dst_cols: usize,
     ) -> Result<()> {
         const OP: &str = "kv_gather";
-        let (layout, nope, rope, ue8m0) = fp8_layout(format, OP)?;
+        let (layout, nope, rope, ue8m0) = pack_layout(format, format.cols(), OP)?;
         ensure_shape(fits(col, dst_cols, format.cols()), OP, || {
             format!("{} slots, columns {col}+{dst_cols} of {format:?}", slots.len())
         })?;
@@ -142,7 +149,7 @@ impl CudaDevice {
         let pairs: Vec<u32> = slots.iter().enumerate().flat_map(|(i, &s)| [s, i as u32]).collect();
         let pairs_dev = self.upload(&pairs)?;
         let (pairs_ptr, _pairs) = self.input(&pairs_dev, pairs.len(), OP, "rows")?;
-        let p = KvFp8Params {
+        let p = KvPackParams {
             head: std::ptr::null(),
             tail: std::ptr::null(),
             cache: cache_ptr as *mut u8,
@@ -164,6 +171,6 @@ impl CudaDevice {
         // col..col + n within the row (checked), bytes within format.bytes(cache_rows) (checked),
         // and writes row pairs[2i + 1] < slots.len() of dst (dst_cols values, checked). The
         // kernel only reads through `cache`. cudarc frees `pairs_dev` on the stream.
-        unsafe { self.launch(&self.kernels.kv_gather_fp8, OP, count, FLASHSEEK_KV_FP8_THREADS, &p) }
+        unsafe { self.launch(&self.kernels.kv_unpack, OP, count, FLASHSEEK_KV_PACK_THREADS, &p) }
     }
 }
