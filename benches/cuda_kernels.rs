@@ -14,8 +14,10 @@ use common::values;
 use criterion::{BenchmarkId, Criterion};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
-use flashseek::backend::cuda::{CudaDevice, CudaLinear, IndexerFp8Input, MoeLayout};
-use flashseek::backend::{HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
+use flashseek::backend::cuda::{CacheView, CudaDevice, CudaLinear, IndexerFp8Input, MoeLayout};
+use flashseek::backend::{
+    CacheFormat, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams,
+};
 use flashseek::fp8::ScaleFmt;
 use flashseek::gemm_tiles::GemmTiles;
 use flashseek::kv_layout::{IndexFp8, LatentFp8};
@@ -374,7 +376,8 @@ fn private_pages(batch: usize, ctx: usize) -> (Vec<u32>, Vec<u32>, usize) {
 }
 
 /// V3.2's MLA: 128 heads, latent 512 + 64. Decode of one token per sequence at the end of its
-/// context over the paged f32 cache, dense and over the indexer's top 2048.
+/// context over the paged f32 cache, dense and over the indexer's top 2048, and dense over the
+/// FP8 cache (656 bytes a token, decoded as the kernel stages it) and the bf16 one.
 fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     let dims = MlaDims { heads: 128, nope: 128, rope: 64, v: 128, kv_lora: 512 };
     let latent = dims.latent();
@@ -400,9 +403,30 @@ fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
         let topk: Vec<i32> = (0..batch).flat_map(|_| (0..k as i32).map(|i| i * (ctx / k) as i32)).collect();
         let topk = dev.upload(&topk).expect("topk");
         let (flops, bytes) = (per_key * (batch * k) as f64, 4.0 * (batch * k * latent) as f64);
-        bench(c, dev, entries, ("mla_decode top-2048 f32 cache", id), (flops, bytes), || {
+        bench(c, dev, entries, ("mla_decode top-2048 f32 cache", id.clone()), (flops, bytes), || {
             dev.mla_decode(&q, batch, &cache, rows, queries, pages, Some((&topk, k)), 0.1, dims, &mut out)
                 .expect("mla_decode")
+        });
+        drop(cache);
+        let l = LatentFp8::new(dims.kv_lora, dims.rope).expect("layout");
+        let Ok(cache) = dev.zeros::<u8>(rows * l.token_bytes()) else {
+            eprintln!("mla_decode {batch}x{ctx}: the FP8 cache does not fit on this GPU");
+            continue;
+        };
+        let (flops, bytes) = (per_key * (batch * ctx) as f64, (batch * ctx * l.token_bytes()) as f64);
+        bench(c, dev, entries, ("mla_decode dense fp8 cache", id.clone()), (flops, bytes), || {
+            let view = CacheView::Latent(&cache, l);
+            dev.mla_decode(&q, batch, view, rows, queries, pages, None, 0.1, dims, &mut out).expect("mla_decode")
+        });
+        drop(cache);
+        let Ok(cache) = dev.zeros::<u8>(rows * latent * 2) else {
+            eprintln!("mla_decode {batch}x{ctx}: the bf16 cache does not fit on this GPU");
+            continue;
+        };
+        let (flops, bytes) = (per_key * (batch * ctx) as f64, (batch * ctx * latent * 2) as f64);
+        bench(c, dev, entries, ("mla_decode dense bf16 cache", id), (flops, bytes), || {
+            let view = CacheView::Bf16(&cache, latent);
+            dev.mla_decode(&q, batch, view, rows, queries, pages, None, 0.1, dims, &mut out).expect("mla_decode")
         });
     }
 }
@@ -472,6 +496,15 @@ fn mla_path_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry
     bench(c, dev, entries, ("kv_store latent 576", format!("m{b}")), (0.0, (2 * 4 * b * lat) as f64), || {
         dev.kv_store(&mut cache, 65536, lat, &slots, &src, lat, 0, 0, lat).expect("kv_store")
     });
+    drop(cache);
+    let format = CacheFormat::Fp8Latent(LatentFp8::new(d.kv_lora, d.rope).expect("layout"));
+    let mut cache8 = dev.zeros::<u8>(format.bytes(65536).expect("bytes")).expect("cache");
+    let nope = dev.upload(&values(b * d.kv_lora, 57)).expect("nope");
+    let bytes = (4 * b * lat + b * format.row_bytes()) as f64;
+    bench(c, dev, entries, ("kv_store latent fp8 656", format!("m{b}")), (0.0, bytes), || {
+        dev.kv_pack(&mut cache8, format, 65536, &slots, &nope, d.kv_lora, Some((&src, lat, d.kv_lora)))
+            .expect("kv_pack")
+    });
     let kv_b = dev.load_linear(&bf16_weight(d.heads * (d.nope + d.v), d.kv_lora)).expect("kv_b");
     let q = dev.upload(&values(b * d.heads * d.qk(), 52)).expect("q");
     let mut q_lat = dev.zeros::<f32>(b * d.heads * lat).expect("q_lat");
@@ -532,6 +565,22 @@ fn indexer_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>
                     .expect("indexer_topk")
             },
         );
+        let ix = IndexFp8::new(dim, ScaleFmt::Ue8m0).expect("layout");
+        if let Ok(cache8) = dev.zeros::<u8>(CacheFormat::Fp8Index(ix).bytes(rows).expect("bytes")) {
+            let bytes = (batch * ctx * (ix.page_bytes() / 64)) as f64;
+            bench(
+                c,
+                dev,
+                entries,
+                ("indexer decode 64x128 top-2048 fp8 cache", format!("b{batch} ctx{ctx}")),
+                (flops, bytes),
+                || {
+                    let view = CacheView::Index(&cache8, ix);
+                    dev.indexer_topk(&q, batch, &weights, heads, 0.1, view, rows, dim, queries, pages, &mut out, k)
+                        .expect("indexer_topk")
+                },
+            );
+        }
         // Prefill: 1024 consecutive queries ending at the context's end, of the first sequence.
         let chunk = 1024;
         let pos: Vec<u32> = (ctx - chunk..ctx).map(|p| p as u32).collect();

@@ -1,14 +1,102 @@
 //! The paged KV cache: per layer, the MLA latent (`kv_lora_rank` + rope dims per token) and,
 //! for V3.2, the indexer's key; in blocks of 64 positions handed out by a ref-counted allocator
-//! (a block can back several sequences that share a prefix).
+//! (a block can back several sequences that share a prefix). Rows are f32 or FP8
+//! (`--kv-cache-dtype`, [`CacheFormat`]).
 
-use crate::backend::Backend;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::backend::{Backend, CacheFormat};
 use crate::error::{Error, Result};
+use crate::fp8::ScaleFmt;
+use crate::kv_layout::{IndexFp8, LatentFp8};
 use crate::model::config::ModelConfig;
-use crate::tensor::Tensor;
+use crate::tensor::CacheTensor;
 
 /// Positions per cache block.
 pub const BLOCK_SIZE: usize = 64;
+
+/// What the cache stores (`--kv-cache-dtype`, SGLang's flag and values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheDtype {
+    /// The values as computed (f32).
+    #[default]
+    Auto,
+    /// bf16: the latent and the index keys rounded to bf16 (FlashMLA's non-FP8 cache).
+    Bf16,
+    /// FP8 e4m3: the MLA latent in FlashMLA's layout and, for V3.2, the indexer keys.
+    Fp8E4m3,
+}
+
+impl KvCacheDtype {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KvCacheDtype::Auto => "auto",
+            KvCacheDtype::Bf16 => "bf16",
+            KvCacheDtype::Fp8E4m3 => "fp8_e4m3",
+        }
+    }
+}
+
+impl fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KvCacheDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(KvCacheDtype::Auto),
+            "bf16" => Ok(KvCacheDtype::Bf16),
+            "fp8_e4m3" => Ok(KvCacheDtype::Fp8E4m3),
+            "fp8_e5m2" | "fp4_e2m1" => {
+                Err(format!("--kv-cache-dtype {s} is not supported yet; use auto, bf16 or fp8_e4m3"))
+            }
+            _ => Err(format!("unknown --kv-cache-dtype {s:?}: expected auto, bf16 or fp8_e4m3")),
+        }
+    }
+}
+
+/// The formats of one layer's caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFormats {
+    pub latent: CacheFormat,
+    /// The indexer keys' (V3.2 only).
+    pub index: Option<CacheFormat>,
+}
+
+impl CacheFormats {
+    /// The formats `dtype` gives `cfg`'s caches; `index_fmt` is the scale format of FP8 index
+    /// keys (the model's indexer format).
+    pub fn new(cfg: &ModelConfig, dtype: KvCacheDtype, index_fmt: ScaleFmt) -> Result<Self> {
+        let (nope, rope) = (cfg.kv_lora_rank, cfg.qk_rope_head_dim);
+        Ok(match dtype {
+            KvCacheDtype::Auto => CacheFormats {
+                latent: CacheFormat::F32 { cols: nope + rope },
+                index: cfg.indexer.map(|ix| CacheFormat::F32 { cols: ix.head_dim }),
+            },
+            KvCacheDtype::Bf16 => CacheFormats {
+                latent: CacheFormat::Bf16 { cols: nope + rope },
+                index: cfg.indexer.map(|ix| CacheFormat::Bf16 { cols: ix.head_dim }),
+            },
+            KvCacheDtype::Fp8E4m3 => CacheFormats {
+                latent: CacheFormat::Fp8Latent(LatentFp8::new(nope, rope)?),
+                index: cfg
+                    .indexer
+                    .map(|ix| IndexFp8::new(ix.head_dim, index_fmt).map(CacheFormat::Fp8Index))
+                    .transpose()?,
+            },
+        })
+    }
+
+    /// Bytes one position takes in one layer.
+    pub fn bytes_per_token(&self) -> usize {
+        self.latent.row_bytes() + self.index.map_or(0, |f| f.row_bytes())
+    }
+}
 
 /// Hands out block ids; a block returns to the free list when its last holder releases it.
 pub struct BlockAllocator {
@@ -71,30 +159,27 @@ impl BlockAllocator {
 
 /// Cache storage of every layer plus the allocator of its blocks.
 pub struct KvCache<B: Backend> {
-    /// `[blocks·64, kv_lora_rank + qk_rope_head_dim]` per layer.
-    pub(crate) latent: Vec<Tensor<B>>,
-    /// `[blocks·64, index_head_dim]` per layer (V3.2 only).
-    pub(crate) index: Vec<Tensor<B>>,
+    /// `blocks·64` rows of the latent (`kv_lora_rank + qk_rope_head_dim` values) per layer.
+    pub(crate) latent: Vec<CacheTensor<B>>,
+    /// `blocks·64` rows of the index key (`index_head_dim` values) per layer (V3.2 only).
+    pub(crate) index: Vec<CacheTensor<B>>,
+    formats: CacheFormats,
     allocator: BlockAllocator,
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(backend: &B, cfg: &ModelConfig, num_blocks: usize) -> Result<Self> {
+    pub fn new(backend: &B, formats: CacheFormats, num_layers: usize, num_blocks: usize) -> Result<Self> {
         let slots = num_blocks * BLOCK_SIZE;
-        let latent = (0..cfg.num_layers)
-            .map(|_| backend.zeros(slots, cfg.kv_lora_rank + cfg.qk_rope_head_dim))
-            .collect::<Result<_>>()?;
-        let index = match &cfg.indexer {
-            Some(ix) => (0..cfg.num_layers).map(|_| backend.zeros(slots, ix.head_dim)).collect::<Result<_>>()?,
+        let latent = (0..num_layers).map(|_| backend.cache_zeros(formats.latent, slots)).collect::<Result<_>>()?;
+        let index = match formats.index {
+            Some(f) => (0..num_layers).map(|_| backend.cache_zeros(f, slots)).collect::<Result<_>>()?,
             None => Vec::new(),
         };
-        Ok(KvCache { latent, index, allocator: BlockAllocator::new(num_blocks) })
+        Ok(KvCache { latent, index, formats, allocator: BlockAllocator::new(num_blocks) })
     }
 
-    /// Bytes of cache one position takes across all layers.
-    pub fn bytes_per_token(backend: &B, cfg: &ModelConfig) -> usize {
-        let per_layer = cfg.kv_lora_rank + cfg.qk_rope_head_dim + cfg.indexer.map_or(0, |ix| ix.head_dim);
-        cfg.num_layers * per_layer * backend.elem_bytes()
+    pub fn formats(&self) -> CacheFormats {
+        self.formats
     }
 
     pub fn allocator(&mut self) -> &mut BlockAllocator {
@@ -130,6 +215,35 @@ impl<B: Backend> KvCache<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DeepSeek-V3.2's bytes per token and layer: 656 + 132 with the FP8 cache, 2304 + 512 with
+    /// the f32 one.
+    #[test]
+    fn deepseek_v32_bytes_per_token() {
+        let fp8 = CacheFormats {
+            latent: CacheFormat::Fp8Latent(LatentFp8::new(512, 64).unwrap()),
+            index: Some(CacheFormat::Fp8Index(IndexFp8::new(128, ScaleFmt::Ue8m0).unwrap())),
+        };
+        let f32 = CacheFormats { latent: CacheFormat::F32 { cols: 576 }, index: Some(CacheFormat::F32 { cols: 128 }) };
+        assert_eq!(fp8.bytes_per_token(), 656 + 132);
+        assert_eq!(f32.bytes_per_token(), 2304 + 512);
+        assert!(CacheFormat::Fp8Index(IndexFp8::new(128, ScaleFmt::Exact).unwrap()).bytes(65).is_err());
+        assert_eq!(fp8.latent.bytes(64).unwrap(), 64 * 656);
+    }
+
+    #[test]
+    fn kv_cache_dtype_values() {
+        assert_eq!("auto".parse(), Ok(KvCacheDtype::Auto));
+        assert_eq!("fp8_e4m3".parse(), Ok(KvCacheDtype::Fp8E4m3));
+        assert_eq!("bf16".parse(), Ok(KvCacheDtype::Bf16));
+        for (v, says) in
+            [("fp8_e5m2", "not supported yet"), ("fp8", "expected auto, bf16 or fp8_e4m3"), ("", "expected")]
+        {
+            let e = v.parse::<KvCacheDtype>().unwrap_err();
+            assert!(e.contains(says) && e.contains("fp8_e4m3"), "{v}: {e}");
+        }
+        assert_eq!(KvCacheDtype::Fp8E4m3.to_string(), "fp8_e4m3");
+    }
 
     #[test]
     fn shared_blocks_return_after_the_last_release() {

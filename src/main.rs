@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use flashseek::backend::device::{Device, Loader, ModelTask};
 use flashseek::backend::Backend;
 use flashseek::engine::{self, EngineConfig, FinishReason, Request, SamplingParams};
-use flashseek::kv_cache::BLOCK_SIZE;
+use flashseek::kv_cache::{KvCacheDtype, BLOCK_SIZE};
 use flashseek::metrics::Metrics;
 use flashseek::model::config::ModelConfig;
 use flashseek::model::{Logits, Model, SeqInput};
@@ -50,11 +50,20 @@ struct ModelArgs {
     act_quant: ActQuantArg,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
+    /// What the KV cache stores: `auto` (f32) or `fp8_e4m3` (FlashMLA's FP8 latent layout and
+    /// FP8 index keys).
+    #[arg(long, default_value = "auto")]
+    kv_cache_dtype: KvCacheDtype,
 }
 
 impl ModelArgs {
     fn loader(&self) -> Loader {
-        Loader { device: self.device, act: self.act_quant.into(), deterministic: false }
+        Loader {
+            device: self.device,
+            act: self.act_quant.into(),
+            kv_cache_dtype: self.kv_cache_dtype,
+            deterministic: false,
+        }
     }
 
     /// Loads the model on its device and runs `task` on it.

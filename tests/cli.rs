@@ -229,6 +229,41 @@ fn bad_arguments() {
     usage_error(&["logits", "--model-path", &m, "--token-ids", "1"]);
 }
 
+/// `--kv-cache-dtype fp8_e4m3` and `bf16` run, close to the f32 cache; other values are errors
+/// that name the accepted ones, from every command that loads a model.
+#[test]
+fn kv_cache_dtype() {
+    let f32_cache = logits(&["--act-quant", "none"], N);
+    for dtype in ["fp8_e4m3", "bf16"] {
+        let packed = logits(&["--act-quant", "none", "--kv-cache-dtype", dtype], N);
+        let got: Vec<f32> = packed["logits"].data.iter().map(|&v| v as f32).collect();
+        let r = common::compare(&got, &f32_cache["logits"].data, VOCAB);
+        println!("cli logits, {dtype} cache vs f32 cache: {r}");
+        assert!(r.nonfinite_mismatch.is_empty() && r.cosine > 0.99, "{dtype}: {r}");
+    }
+    let explicit = logits(&["--act-quant", "none", "--kv-cache-dtype", "auto"], N);
+    assert_eq!(explicit["logits"].data, f32_cache["logits"].data, "auto is the default");
+
+    let m = model();
+    for (value, says) in [("fp16", "unknown"), ("fp8_e5m2", "not supported yet"), ("FP8", "unknown")] {
+        for cmd in [
+            vec!["logits", "--model-path", &m, "--token-ids", "1,2", "--out", "/dev/null"],
+            vec!["generate", "--model-path", &m, "--token-ids", "1,2"],
+            vec!["serve", "--model-path", &m],
+            vec!["bench", "offline", "--model-path", &m, "--num-prompts", "1"],
+        ] {
+            let mut args = cmd.clone();
+            args.extend(["--kv-cache-dtype", value]);
+            let out = flashseek(&args);
+            let err = text(&out.stderr);
+            assert!(!out.status.success() && out.stdout.is_empty(), "flashseek {args:?} succeeded");
+            for name in ["--kv-cache-dtype", "auto", "bf16", "fp8_e4m3", says] {
+                assert!(err.contains(name), "flashseek {args:?}: the error does not name `{name}`: {err}");
+            }
+        }
+    }
+}
+
 /// `serve` refuses what it cannot do before it binds a port.
 #[test]
 fn serve_refuses_unsupported_setups() {

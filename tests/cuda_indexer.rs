@@ -195,7 +195,7 @@ fn cpu_topk(c: &Case) -> flashseek::Result<Vec<i32>> {
         &tensor(rows, c.heads * c.dim, c.q.clone()),
         &tensor(rows, c.heads, c.weights.clone()),
         c.weight_scale,
-        &tensor(c.cache_rows(), c.dim, c.cache.clone()),
+        &cache_f32(c.cache_rows(), c.dim, c.cache.clone()),
         c.queries(),
         c.pages(),
         &mut out,

@@ -28,6 +28,7 @@ use flashseek::backend::cuda::{CudaDevice, IndexerFp8Input};
 use flashseek::backend::{Backend, CpuBackend, Pages, Queries};
 use flashseek::fp8::{e4m3_code, group_scale, ScaleFmt, E4M3_MAX, E4M3_TO_F32};
 use flashseek::kv_layout::{IndexFp8, PAGE};
+use flashseek::tensor::CacheTensor;
 use flashseek::tensor::IntTensor;
 use proptest::prelude::*;
 
@@ -236,7 +237,7 @@ fn cpu_topk(c: &Case) -> flashseek::Result<Vec<i32>> {
         &tensor(rows, c.heads * DIM, c.q.clone()),
         &tensor(rows, c.heads, c.weights.clone()),
         c.weight_scale,
-        &tensor(c.cache_pages * PAGE, DIM, c.keys.clone()),
+        &CacheTensor::<CpuBackend>::from_f32(c.cache_pages * PAGE, DIM, c.keys.clone())?,
         c.queries(),
         c.pages(),
         &mut out,

@@ -19,6 +19,7 @@ use cudarc::driver::CudaSlice;
 use flashseek::backend::cuda::CudaDevice;
 use flashseek::backend::{Backend, CpuBackend, MlaDims, Pages, Queries};
 use flashseek::kv_layout::LatentFp8;
+use flashseek::tensor::CacheTensor;
 use flashseek::tensor::IntTensor;
 use proptest::prelude::*;
 
@@ -120,7 +121,7 @@ impl Case {
             .map(|(idx, k)| IntTensor::<CpuBackend>::from_vec(rows, *k, idx.clone()).expect("cpu int tensor"));
         cpu.mla_decode(
             &tensor(rows, heads * 576, q.clone()),
-            &tensor(slots, 576, decoded.clone()),
+            &CacheTensor::<CpuBackend>::from_f32(slots, 576, decoded.clone()).expect("cpu cache"),
             Queries { pos: &pos, seq: &seq },
             Pages { block_size, blocks: &ids, starts: &starts },
             topk_t.as_ref(),

@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::fixture_checks::{check_f32, check_fp8, F32_TOL};
+use common::fixture_checks::{check_f32, check_f32_packed_cache, check_fp8, F32_TOL};
 use common::*;
 use flashseek::backend::cuda::CudaBackend;
+use flashseek::kv_cache::KvCacheDtype;
 use flashseek::model::{ActQuant, Model};
 
 /// A backend on GPU 0; `None` (after saying why) when there is none to test on.
@@ -41,6 +42,11 @@ fn on_gpu(name: &str, act: ActQuant) -> Model<CudaBackend> {
     load_model_on(CudaBackend::new(0).expect("GPU 0"), name, act)
 }
 
+/// With `--kv-cache-dtype fp8_e4m3`.
+fn on_gpu_fp8_cache(name: &str, act: ActQuant) -> Model<CudaBackend> {
+    on_gpu(name, act).with_kv_cache_dtype(KvCacheDtype::Fp8E4m3).expect("an FP8 KV cache")
+}
+
 /// The prefill logits of the fixture's reference input on both backends: in f32 mode they must
 /// agree as tightly as each agrees with `transformers`; in FP8 mode an e4m3 rounding flip (the
 /// GEMMs sum in another order) may move a few positions, so that error is only reported.
@@ -60,6 +66,14 @@ fn gpu_matches_cpu(name: &str) {
         if act == ActQuant::None {
             assert!(r.max_rel() <= F32_TOL, "{name}: cuda vs cpu worst {:.3e} > {F32_TOL:e}", r.max_rel());
         }
+        // The FP8 cache rounds the latent even with f32 activations, so a flip may move a few
+        // positions here too: reported only.
+        let dt = KvCacheDtype::Fp8E4m3;
+        let cpu = logits_of(&mut load_model(name, act).with_kv_cache_dtype(dt).expect("fp8 cache"), &ids, false);
+        let cuda = logits_of(&mut on_gpu_fp8_cache(name, act), &ids, false);
+        let r = compare(&cuda, &to_f64(&cpu), vocab);
+        println!("{name} {act:?} prefill logits with the FP8 cache, cuda vs cpu: {r}");
+        assert!(r.nonfinite_mismatch.is_empty(), "{name}: non-finite values differ (FP8 cache)");
     }
 }
 
@@ -81,6 +95,23 @@ macro_rules! fixture_tests {
         }
         mod cuda_vs_cpu {
             $( #[test] fn $test() { super::gpu_matches_cpu($name) } )*
+        }
+        /// `--kv-cache-dtype fp8_e4m3`.
+        mod fp8_cache {
+            mod f32_mode {
+                $( #[test] fn $test() {
+                    if crate::ready($name) {
+                        crate::check_f32_packed_cache($name, |act| crate::on_gpu_fp8_cache($name, act));
+                    }
+                } )*
+            }
+            mod fp8_mode {
+                $( #[test] fn $test() {
+                    if crate::ready($name) {
+                        crate::check_fp8($name, |act| crate::on_gpu_fp8_cache($name, act));
+                    }
+                } )*
+            }
         }
     };
 }

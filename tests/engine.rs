@@ -8,11 +8,16 @@ use std::sync::Arc;
 
 use flashseek::backend::CpuBackend;
 use flashseek::engine::{self, EngineConfig, EngineHandle, FinishReason, Finished, Request, SamplingParams};
+use flashseek::kv_cache::KvCacheDtype;
 use flashseek::metrics::Metrics;
 use flashseek::model::{ActQuant, Model};
 use flashseek::tokenizer::Tokenizer;
 
 fn engine(max_total_tokens: usize, max_running: usize) -> (EngineHandle, Arc<Metrics>) {
+    engine_with(max_total_tokens, max_running, KvCacheDtype::Auto)
+}
+
+fn engine_with(max_total_tokens: usize, max_running: usize, kv: KvCacheDtype) -> (EngineHandle, Arc<Metrics>) {
     let dir = common::fixture("tiny-v32");
     let tokenizer = Arc::new(Tokenizer::from_dir(&dir).expect("tokenizer"));
     let config = EngineConfig {
@@ -23,7 +28,7 @@ fn engine(max_total_tokens: usize, max_running: usize) -> (EngineHandle, Arc<Met
         ..EngineConfig::default()
     };
     let metrics = Arc::new(Metrics::default());
-    let load = move || Model::load(CpuBackend::batch_invariant(), &dir, ActQuant::Fp8);
+    let load = move || Model::load(CpuBackend::batch_invariant(), &dir, ActQuant::Fp8)?.with_kv_cache_dtype(kv);
     (engine::start(load, tokenizer, config, Arc::clone(&metrics)).expect("engine"), metrics)
 }
 
@@ -64,6 +69,29 @@ fn preempted_sequences_finish_with_the_tokens_they_get_alone() {
         assert_eq!(f.reason, FinishReason::Length, "request {i}");
         assert_eq!(f.completion_tokens, 150);
         assert_eq!(tokens, want, "request {i} changed under preemption");
+    }
+}
+
+/// The FP8 KV cache serves requests, and a greedy request gets the same tokens alone as batched
+/// and preempted with others (its rows are quantized and read the same way in any batch). Its
+/// positions take the bytes `kv_layout` says: per layer a 272-byte latent token (128 e4m3 + one
+/// f32 scale, padded to 144, + 64 bf16) and a 132-byte index key (128 e4m3 + one f32 scale),
+/// against (192 + 128) f32 values.
+#[test]
+fn the_fp8_cache_serves_requests_the_same_alone_and_batched() {
+    let requests: Vec<Request> = (0..4).map(|i| Request { prompt: prompt(i + 10, 70), params: greedy(90) }).collect();
+    let (big, _) = engine_with(16 * 64, 16, KvCacheDtype::Fp8E4m3);
+    let info = big.info();
+    assert_eq!(info.kv_cache_dtype, KvCacheDtype::Fp8E4m3);
+    assert_eq!(info.kv_bytes_per_token, 3 * (272 + 132));
+    assert_eq!(engine(64, 1).0.info().kv_bytes_per_token, 3 * 4 * (192 + 128));
+    let alone: Vec<Vec<u32>> = requests.iter().map(|r| run(&big, vec![r.clone()]).remove(0).0).collect();
+    let (small, metrics) = engine_with(5 * 64, 16, KvCacheDtype::Fp8E4m3);
+    let together = run(&small, requests);
+    assert!(metrics.preemptions.load(Ordering::Relaxed) > 0, "the pool was large enough: nothing preempted");
+    for (i, ((tokens, _, f), want)) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(f.reason, FinishReason::Length, "request {i}");
+        assert_eq!(tokens, want, "request {i} changed when batched");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The device code's shared headers compiled for the host and checked against the Rust code
 //! they mirror: glibc's expf (`csrc/common/expf.cuh`, the router's sigmoid) and the FP8 cache
-//! layouts (`csrc/common/kv_layout.cuh`). Needs a C++ compiler (`c++`); skips without one.
+//! layouts and rope-key conversion (`csrc/common/kv_layout.cuh`). Needs a C++ compiler (`c++`); skips without one.
 
 mod host_cpp;
 
@@ -84,4 +84,30 @@ fn kv_layout_header_is_the_rust_layout() {
     }
     let want: Vec<u64> = want.into_iter().map(|v| v as u64).collect();
     assert_eq!(got, want);
+}
+
+/// `bf16_bits` of `kv_layout.cuh` (the device's rope-key conversion) against the `half` crate's
+/// `bf16::from_f32` (the CPU encoder's) over every 257th f32 bit pattern: NaNs of every sign and
+/// payload, infinities, subnormals, and the rounding ties in between.
+#[test]
+fn device_bf16_is_the_cpu_bf16() {
+    const STEP: u64 = 257;
+    let program = format!(
+        "#include \"common/kv_layout.cuh\"\n#include <cstdio>\nint main() {{\n  for (unsigned long long u = 0; u < \
+         (1ull << 32); u += {STEP}) {{\n    unsigned short b = flashseek::kv_layout::bf16_bits((unsigned)u); \
+         std::fwrite(&b, 2, 1, stdout);\n  }}\n}}\n"
+    );
+    let Some(out) = host_cpp::run("bf16_host", &program) else { return };
+    let got: Vec<u16> = out.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+    assert_eq!(got.len() as u64, (1u64 << 32).div_ceil(STEP));
+    let bad: Vec<String> = got
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &g)| {
+            let x = f32::from_bits((i as u64 * STEP) as u32);
+            let want = half::bf16::from_f32(x).to_bits();
+            (g != want).then(|| format!("{:#010x}: device {g:#06x}, cpu {want:#06x}", x.to_bits()))
+        })
+        .collect();
+    assert!(bad.is_empty(), "{} of {} inputs differ, e.g. {:?}", bad.len(), got.len(), &bad[..bad.len().min(5)]);
 }

@@ -15,7 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use flashseek::backend::{Backend, CpuBackend, Pages, Queries};
 use flashseek::kv_cache::BLOCK_SIZE;
-use flashseek::tensor::{IntTensor, Tensor};
+use flashseek::tensor::{CacheTensor, IntTensor, Tensor};
 use proptest::prelude::*;
 use reference as rf;
 
@@ -147,7 +147,7 @@ fn check_case(
         &tensor(m, n_heads * hd, q),
         &tensor(m, n_heads, w),
         ws,
-        &tensor(kc.slots, hd, kc.cache.clone()),
+        &CacheTensor::from_f32(kc.slots, hd, kc.cache.clone()).expect("cache"),
         Queries { pos: &pos, seq: &seq },
         kc.pages(),
         &mut out,
@@ -221,7 +221,7 @@ fn indexer_topk_missing_pages_and_bad_shapes_are_errors() {
     let mut rng = rf::Rng::new(4);
     let (hd, n_heads, k) = (8, 2, 4);
     let kc = rf::PagedCache::new(&mut rng, vec![70, 10], hd, |r| r.normals(hd, 1.0));
-    let cache = tensor(kc.slots, hd, kc.cache.clone());
+    let cache = CacheTensor::from_f32(kc.slots, hd, kc.cache.clone()).expect("cache");
     let q = tensor(1, n_heads * hd, rng.normals(n_heads * hd, 1.0));
     let w = tensor(1, n_heads, vec![0.5, 0.7]);
     let mut out = ints(1, k, vec![0; k]);
@@ -253,7 +253,7 @@ fn indexer_topk_with_k_zero_does_not_panic() {
             &tensor(1, 4, vec![1.0; 4]),
             &tensor(1, 1, vec![1.0]),
             1.0,
-            &tensor(kc.slots, 4, kc.cache.clone()),
+            &CacheTensor::from_f32(kc.slots, 4, kc.cache.clone()).expect("cache"),
             Queries { pos: &[9], seq: &[0] },
             kc.pages(),
             &mut ints(1, 0, vec![]),

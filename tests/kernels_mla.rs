@@ -13,7 +13,7 @@ mod reference;
 
 use flashseek::backend::{Backend, CpuBackend, MlaDims, Pages, PrefillSeq, Queries};
 use flashseek::kv_cache::BLOCK_SIZE;
-use flashseek::tensor::{IntTensor, Tensor};
+use flashseek::tensor::{CacheTensor, IntTensor, Tensor};
 use proptest::prelude::*;
 use reference::{self as rf, WType};
 
@@ -98,7 +98,7 @@ fn mla_decode_dense_and_sparse_vs_expanded_attention() {
         let mut o_lat = tensor(m, d.heads * d.kv_lora, vec![f32::NAN; m * d.heads * d.kv_lora]);
         let queries = Queries { pos: &pos, seq: &seq };
         let topk_t = topk.as_ref().map(|v| ints(m, k, v.clone()));
-        let cache = tensor(pc.slots, lat, pc.cache.clone());
+        let cache = CacheTensor::from_f32(pc.slots, lat, pc.cache.clone()).expect("cache");
         b.mla_decode(&q_lat, &cache, queries, pc.pages(), topk_t.as_ref(), scale, d, &mut o_lat).expect("mla_decode");
         let mut out = tensor(m, d.heads * d.v, vec![f32::NAN; m * d.heads * d.v]);
         b.absorb_out(&o_lat, &kv_b, d, &mut out).expect("absorb_out");
@@ -131,7 +131,7 @@ fn mla_decode_missing_pages_are_errors() {
     let mut rng = rf::Rng::new(9);
     // Two sequences of 70 and 10 positions: two blocks and one.
     let pc = rf::PagedCache::new(&mut rng, vec![70, 10], lat, |r| r.normals(lat, 1.0));
-    let cache = tensor(pc.slots, lat, pc.cache.clone());
+    let cache = CacheTensor::from_f32(pc.slots, lat, pc.cache.clone()).expect("cache");
     let q_lat = tensor(1, d.heads * lat, rng.normals(d.heads * lat, 1.0));
     let mut out = tensor(1, d.heads * d.kv_lora, vec![0.0; d.heads * d.kv_lora]);
     let mut decode = |pos: u32, seq: u32, pages: Pages, topk: Option<Vec<i32>>| {
@@ -285,7 +285,7 @@ fn mla_empty_head_dims_are_errors() {
 
     let empty_latent = MlaDims { heads: 1, nope: 0, rope: 0, v: 1, kv_lora: 0 };
     let q_lat = tensor(1, 0, vec![]);
-    let cache = tensor(64, 0, vec![]);
+    let cache = CacheTensor::from_f32(64, 0, vec![]).expect("cache");
     let mut out = tensor(1, 0, vec![]);
     let pages = Pages { block_size: 64, blocks: &[0], starts: &[0, 1] };
     let queries = Queries { pos: &[0], seq: &[0] };

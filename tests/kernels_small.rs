@@ -9,9 +9,10 @@ mod reference;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::*;
+use flashseek::backend::cpu::CpuCache;
 use flashseek::backend::{Backend, CpuBackend};
 use flashseek::fp8::ScaleFmt;
-use flashseek::tensor::Tensor;
+use flashseek::tensor::{CacheTensor, Tensor};
 use proptest::prelude::*;
 use reference as rf;
 
@@ -145,54 +146,71 @@ fn argmax_first_on_ties() {
     assert!(b.argmax(&tensor(3, 0, vec![])).is_err(), "argmax of rows with no columns returned Ok");
 }
 
+/// An f32 cache's values.
+fn values(c: &CacheTensor<CpuBackend>) -> &[f32] {
+    match c.storage() {
+        CpuCache::F32(v) => v,
+        CpuCache::Bytes(_) => panic!("an f32 cache holds bytes"),
+    }
+}
+
+fn cache(rows: usize, cols: usize, data: Vec<f32>) -> CacheTensor<CpuBackend> {
+    CacheTensor::from_f32(rows, cols, data).expect("cpu cache")
+}
+
 #[test]
 fn kv_store_gather_copy_rows_exact() {
     let b = CpuBackend::new();
     let strategy = (1usize..300, 1usize..80, 1usize..40, 1usize..100, any::<u64>());
-    rf::run("kv_store / kv_gather / copy_rows", 64, strategy, |(slots_n, cache_cols, n_src, src_cols, seed), t| {
+    rf::run("kv_store / kv_gather / copy_rows", 64, strategy, |(slots_n, cache_cols, n_src, extra_cols, seed), t| {
         let mut rng = rf::Rng::new(seed);
         let n_src = n_src.min(slots_n);
         let cache0 = rng.normals(slots_n * cache_cols, 1.0);
-        let src = rng.normals(n_src * src_cols, 1.0);
-        // Distinct slots (a slot written twice in one call has no defined winner).
+        // A row = all of `head`, then `rest` columns of `tail` from column `col`.
+        let h = rng.below(cache_cols + 1);
+        let rest = cache_cols - h;
+        let tail_cols = rest + rng.below(extra_cols);
+        let col = rng.below(tail_cols - rest + 1);
+        let head = rng.normals(n_src * h, 1.0);
+        let tail = rng.normals(n_src * tail_cols, 1.0);
+        // Distinct slots (a slot written twice in one call holds its last row).
         let mut all: Vec<u32> = (0..slots_n as u32).collect();
         rng.shuffle(&mut all);
         let slots = all[..n_src].to_vec();
-        let n = rng.below(src_cols.min(cache_cols) + 1);
-        let src_col = rng.below(src_cols - n + 1);
-        let dst_col = rng.below(cache_cols - n + 1);
 
-        let mut cache = tensor(slots_n, cache_cols, cache0.clone());
-        let srct = tensor(n_src, src_cols, src.clone());
-        b.kv_store(&mut cache, &slots, &srct, src_col, dst_col, n).expect("kv_store");
+        let mut c = cache(slots_n, cache_cols, cache0.clone());
+        let (headt, tailt) = (tensor(n_src, h, head.clone()), tensor(n_src, tail_cols, tail.clone()));
+        let tail_arg = (rest > 0).then_some((&tailt, col));
+        b.kv_store(&mut c, &slots, &headt, tail_arg).expect("kv_store");
         let mut want = cache0.clone();
         for (i, &s) in slots.iter().enumerate() {
-            for j in 0..n {
-                want[s as usize * cache_cols + dst_col + j] = src[i * src_cols + src_col + j];
-            }
+            let row = &mut want[s as usize * cache_cols..(s as usize + 1) * cache_cols];
+            row[..h].copy_from_slice(&head[i * h..(i + 1) * h]);
+            row[h..].copy_from_slice(&tail[i * tail_cols + col..i * tail_cols + col + rest]);
         }
-        prop_assert_eq!(bits(cache.data()), bits(&want), "kv_store");
+        prop_assert_eq!(bits(values(&c)), bits(&want), "kv_store");
 
         // Gather any slots (repeats allowed) from any column.
         let w = 1 + rng.below(cache_cols);
-        let col = rng.below(cache_cols - w + 1);
+        let gcol = rng.below(cache_cols - w + 1);
         let g_slots: Vec<u32> = (0..1 + rng.below(50)).map(|_| rng.below(slots_n) as u32).collect();
         let mut dst = tensor(g_slots.len(), w, vec![f32::NAN; g_slots.len() * w]);
-        b.kv_gather(&cache, &g_slots, col, &mut dst).expect("kv_gather");
+        b.kv_gather(&c, &g_slots, gcol, &mut dst).expect("kv_gather");
         let want_g: Vec<f32> = g_slots
             .iter()
-            .flat_map(|&s| want[s as usize * cache_cols + col..s as usize * cache_cols + col + w].to_vec())
+            .flat_map(|&s| want[s as usize * cache_cols + gcol..s as usize * cache_cols + gcol + w].to_vec())
             .collect();
         prop_assert_eq!(bits(dst.data()), bits(&want_g), "kv_gather");
 
         // copy_rows between tensors of the same width.
+        let wantt = tensor(slots_n, cache_cols, want.clone());
         let rows_n = rng.below(slots_n + 1);
         let src_row = rng.below(slots_n - rows_n + 1);
         let dst_rows = rows_n + rng.below(10);
         let dst_row = rng.below(dst_rows - rows_n + 1);
         let dst0 = rng.normals(dst_rows * cache_cols, 1.0);
         let mut dstt = tensor(dst_rows, cache_cols, dst0.clone());
-        b.copy_rows(&cache, src_row, &mut dstt, dst_row, rows_n).expect("copy_rows");
+        b.copy_rows(&wantt, src_row, &mut dstt, dst_row, rows_n).expect("copy_rows");
         let mut want_c = dst0.clone();
         want_c[dst_row * cache_cols..(dst_row + rows_n) * cache_cols]
             .copy_from_slice(&want[src_row * cache_cols..(src_row + rows_n) * cache_cols]);
@@ -200,29 +218,31 @@ fn kv_store_gather_copy_rows_exact() {
         t.count("cases bit-exact", 1);
 
         // Bad slots and shapes are errors and leave the cache alone.
-        let before = bits(cache.data());
+        let before = bits(values(&c));
         let mut bad = slots.clone();
         bad[rng.below(n_src)] = (slots_n + rng.below(5)) as u32;
-        prop_assert!(b.kv_store(&mut cache, &bad, &srct, src_col, dst_col, n).is_err(), "kv_store slot out of range");
-        prop_assert!(b.kv_store(&mut cache, &slots, &srct, src_cols - n + 1, dst_col, n).is_err(), "kv_store src cols");
-        prop_assert!(
-            b.kv_store(&mut cache, &slots, &srct, src_col, cache_cols - n + 1, n).is_err(),
-            "kv_store dst cols"
-        );
-        prop_assert!(b.kv_store(&mut cache, &slots[1..], &srct, src_col, dst_col, n).is_err(), "kv_store slot count");
-        prop_assert_eq!(bits(cache.data()), before, "a failed kv_store wrote to the cache");
+        prop_assert!(b.kv_store(&mut c, &bad, &headt, tail_arg).is_err(), "kv_store slot out of range");
+        if rest > 0 {
+            prop_assert!(b.kv_store(&mut c, &slots, &headt, None).is_err(), "kv_store without its tail");
+            let far = Some((&tailt, tail_cols - rest + 1));
+            prop_assert!(b.kv_store(&mut c, &slots, &headt, far).is_err(), "kv_store tail columns");
+        } else {
+            prop_assert!(b.kv_store(&mut c, &slots, &headt, Some((&tailt, 0))).is_err(), "kv_store with a tail");
+        }
+        let wide = tensor(n_src, cache_cols + 1, vec![0.0; n_src * (cache_cols + 1)]);
+        prop_assert!(b.kv_store(&mut c, &slots, &wide, None).is_err(), "kv_store head wider than the cache");
+        prop_assert!(b.kv_store(&mut c, &slots[1..], &headt, tail_arg).is_err(), "kv_store slot count");
+        prop_assert_eq!(bits(values(&c)), before, "a failed kv_store wrote to the cache");
         let mut bad_g = g_slots.clone();
         bad_g[0] = slots_n as u32;
-        prop_assert!(b.kv_gather(&cache, &bad_g, col, &mut dst).is_err(), "kv_gather slot out of range");
-        prop_assert!(b.kv_gather(&cache, &g_slots, cache_cols - w + 1, &mut dst).is_err(), "kv_gather columns");
-        prop_assert!(
-            b.kv_gather(&cache, &g_slots[1..], col, &mut dst).is_err() || g_slots.len() == 1,
-            "kv_gather count"
-        );
-        prop_assert!(b.copy_rows(&cache, slots_n - rows_n + 1, &mut dstt, dst_row, rows_n).is_err(), "copy_rows src");
-        prop_assert!(b.copy_rows(&cache, src_row, &mut dstt, dst_rows - rows_n + 1, rows_n).is_err(), "copy_rows dst");
+        prop_assert!(b.kv_gather(&c, &bad_g, gcol, &mut dst).is_err(), "kv_gather slot out of range");
+        prop_assert!(b.kv_gather(&c, &g_slots, cache_cols - w + 1, &mut dst).is_err(), "kv_gather columns");
+        prop_assert!(b.kv_gather(&c, &g_slots, usize::MAX, &mut dst).is_err(), "kv_gather columns overflow");
+        prop_assert!(b.kv_gather(&c, &g_slots[1..], gcol, &mut dst).is_err() || g_slots.len() == 1, "kv_gather count");
+        prop_assert!(b.copy_rows(&wantt, slots_n - rows_n + 1, &mut dstt, dst_row, rows_n).is_err(), "copy_rows src");
+        prop_assert!(b.copy_rows(&wantt, src_row, &mut dstt, dst_rows - rows_n + 1, rows_n).is_err(), "copy_rows dst");
         let mut narrow = tensor(dst_rows, cache_cols + 1, vec![0.0; dst_rows * (cache_cols + 1)]);
-        prop_assert!(b.copy_rows(&cache, src_row, &mut narrow, dst_row, rows_n).is_err(), "copy_rows width");
+        prop_assert!(b.copy_rows(&wantt, src_row, &mut narrow, dst_row, rows_n).is_err(), "copy_rows width");
         Ok(())
     });
 }
@@ -247,29 +267,29 @@ fn zero_width_tensors_do_not_panic() {
     check(
         "kv_store from a [2, 0] src",
         no_panic("kv_store from a [2, 0] src", || {
-            let mut cache = tensor(4, 3, vec![0.0; 12]);
-            b.kv_store(&mut cache, &[0, 1], &tensor(2, 0, vec![]), 0, 0, 0)
+            let mut c = cache(4, 3, vec![0.0; 12]);
+            b.kv_store(&mut c, &[0, 1], &tensor(2, 0, vec![]), None)
         }),
     );
     check(
         "kv_store into a [4, 0] cache",
         no_panic("kv_store into a [4, 0] cache", || {
-            let mut cache = tensor(4, 0, vec![]);
-            b.kv_store(&mut cache, &[0, 1], &tensor(2, 3, vec![0.0; 6]), 0, 0, 0)
+            let mut c = cache(4, 0, vec![]);
+            b.kv_store(&mut c, &[0, 1], &tensor(2, 3, vec![0.0; 6]), None)
         }),
     );
     check(
         "kv_gather into a [2, 0] dst",
         no_panic("kv_gather into a [2, 0] dst", || {
-            let cache = tensor(4, 3, vec![0.0; 12]);
-            b.kv_gather(&cache, &[0, 1], 0, &mut tensor(2, 0, vec![]))
+            let c = cache(4, 3, vec![0.0; 12]);
+            b.kv_gather(&c, &[0, 1], 0, &mut tensor(2, 0, vec![]))
         }),
     );
     check(
         "kv_gather from a [4, 0] cache",
         no_panic("kv_gather from a [4, 0] cache", || {
-            let cache = tensor(4, 0, vec![]);
-            b.kv_gather(&cache, &[0, 1], 0, &mut tensor(2, 0, vec![]))
+            let c = cache(4, 0, vec![]);
+            b.kv_gather(&c, &[0, 1], 0, &mut tensor(2, 0, vec![]))
         }),
     );
     check(

@@ -228,6 +228,16 @@ fn logprobs_are_reported_and_normalized() {
     }
 }
 
+/// `--kv-cache-dtype fp8_e4m3` serves, and `/get_server_info` says which cache runs.
+#[test]
+fn fp8_kv_cache_serves_and_reports_itself() {
+    assert_eq!(ok(&get(shared(), "/get_server_info"))["kv_cache_dtype"], "auto");
+    let addr = start(&["--kv-cache-dtype", "fp8_e4m3", "--max-total-tokens", "2048"]);
+    assert_eq!(ok(&get(addr, "/get_server_info"))["kv_cache_dtype"], "fp8_e4m3");
+    let out = ok(&post(addr, "/generate", &json!({"text": "hello world", "sampling_params": {"max_new_tokens": 5}})));
+    assert_eq!(out["meta_info"]["completion_tokens"], 5);
+}
+
 #[test]
 fn native_generate_and_info_endpoints() {
     let addr = shared();

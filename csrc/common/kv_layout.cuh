@@ -31,6 +31,20 @@ FLASHSEEK_HOST_DEVICE inline int groups(int cols) {
     return (cols + kGroup - 1) / kGroup;
 }
 
+// The bf16 bits of the f32 whose bits are `x`, to nearest even; a NaN keeps its sign and top
+// payload bits and is made quiet. The CPU encoder's conversion (the `half` crate's
+// `bf16::from_f32`), for the latent's rope key.
+FLASHSEEK_HOST_DEVICE inline unsigned short bf16_bits(unsigned x) {
+    if ((x & 0x7fffffffu) > 0x7f800000u) {
+        return static_cast<unsigned short>((x >> 16) | 0x40u);
+    }
+    const unsigned round_bit = 0x8000u;
+    if ((x & round_bit) != 0 && (x & (3 * round_bit - 1)) != 0) {
+        return static_cast<unsigned short>((x >> 16) + 1);
+    }
+    return static_cast<unsigned short>(x >> 16);
+}
+
 struct LatentFp8 {
     int nope;
     int rope;

@@ -1,9 +1,9 @@
 //! The shape contract of the `Backend` trait's methods, checked the same way by every backend
 //! before it reaches its kernels (which check what only they know: page tables, ids, formats).
 
-use super::{Backend, HeadCols, MlaDims, RouterParams};
-use crate::error::{ensure_shape, Result};
-use crate::tensor::{IntTensor, Tensor};
+use super::{Backend, CacheFormat, HeadCols, MlaDims, RouterParams};
+use crate::error::{ensure_shape, Error, Result};
+use crate::tensor::{CacheTensor, IntTensor, Tensor};
 
 /// Values of a 1-D weight held as a `[1, n]` (or any) tensor.
 fn len<B: Backend>(t: &Tensor<B>) -> usize {
@@ -107,22 +107,32 @@ pub fn absorb_q<B: Backend>(q: &Tensor<B>, dims: MlaDims, out: &Tensor<B>) -> Re
     )
 }
 
+/// The cache is an MLA latent cache of `dims`: f32 rows of `kv_lora + rope`, or the FP8 latent
+/// layout of those widths.
+fn latent_cache(format: CacheFormat, dims: MlaDims) -> bool {
+    match format {
+        CacheFormat::F32 { cols } | CacheFormat::Bf16 { cols } => cols == dims.latent(),
+        CacheFormat::Fp8Latent(l) => l.nope == dims.kv_lora && l.rope == dims.rope,
+        CacheFormat::Fp8Index(_) => false,
+    }
+}
+
 /// `topk` (when given) has a row for every query row, and may have more.
 pub fn mla_decode<B: Backend>(
     q_lat: &Tensor<B>,
-    cache: &Tensor<B>,
+    cache: &CacheTensor<B>,
     topk: Option<&IntTensor<B>>,
     dims: MlaDims,
     out: &Tensor<B>,
 ) -> Result<()> {
     ensure_shape(
-        cache.cols == dims.latent()
+        latent_cache(cache.format, dims)
             && q_lat.cols == dims.heads * dims.latent()
             && out.rows == q_lat.rows
             && out.cols == dims.heads * dims.kv_lora
             && topk.is_none_or(|t| t.rows >= q_lat.rows),
         "mla_decode",
-        || format!("q_lat {:?}, cache {:?}, out {:?}, dims {dims:?}", q_lat.shape(), cache.shape(), out.shape()),
+        || format!("q_lat {:?}, cache {:?}, out {:?}, dims {dims:?}", q_lat.shape(), cache.format, out.shape()),
     )
 }
 
@@ -163,21 +173,25 @@ pub fn mla_prefill<B: Backend>(
     )
 }
 
+/// The cache holds index keys: f32 rows or the FP8 index layout.
 pub fn indexer_topk<B: Backend>(
     q: &Tensor<B>,
     weights: &Tensor<B>,
-    cache: &Tensor<B>,
+    cache: &CacheTensor<B>,
     out: &IntTensor<B>,
 ) -> Result<()> {
     ensure_shape(
-        q.rows == weights.rows && out.rows == q.rows && q.cols == weights.cols * cache.cols,
+        q.rows == weights.rows
+            && out.rows == q.rows
+            && q.cols == weights.cols * cache.cols()
+            && !matches!(cache.format, CacheFormat::Fp8Latent(_)),
         "indexer_topk",
         || {
             format!(
                 "q {:?}, weights {:?}, cache {:?}, out [{}, {}]",
                 q.shape(),
                 weights.shape(),
-                cache.shape(),
+                cache.format,
                 out.rows,
                 out.cols
             )
@@ -185,7 +199,54 @@ pub fn indexer_topk<B: Backend>(
     )
 }
 
-/// One step row per slot (kv_store's source, kv_gather's destination).
-pub fn rows_per_slot<B: Backend>(rows: &Tensor<B>, slots: usize, op: &'static str) -> Result<()> {
-    ensure_shape(rows.rows == slots, op, || format!("{slots} slots for {:?}", rows.shape()))
+/// Every slot addresses a row of the cache.
+fn slots_in<B: Backend>(cache: &CacheTensor<B>, slots: &[u32], op: &'static str) -> Result<()> {
+    match slots.iter().find(|&&s| s as usize >= cache.rows) {
+        Some(s) => Err(Error::shape(op, format!("slot {s} outside the cache ({} rows)", cache.rows))),
+        None => Ok(()),
+    }
+}
+
+/// `kv_store`'s contract; returns how many columns come from `tail`. An FP8 cache's `head` is
+/// its quantized part exactly, so every scale group is whole.
+pub fn kv_store<B: Backend>(
+    cache: &CacheTensor<B>,
+    slots: &[u32],
+    head: &Tensor<B>,
+    tail: Option<(&Tensor<B>, usize)>,
+) -> Result<usize> {
+    const OP: &str = "kv_store";
+    let cols = cache.cols();
+    let head_cols_ok = match cache.format {
+        CacheFormat::F32 { cols } | CacheFormat::Bf16 { cols } => head.cols <= cols,
+        CacheFormat::Fp8Latent(l) => head.cols == l.nope,
+        CacheFormat::Fp8Index(ix) => head.cols == ix.dim,
+    };
+    let rest = cols.saturating_sub(head.cols);
+    let tail_ok = match tail {
+        Some((t, col)) => rest > 0 && t.rows == slots.len() && col.checked_add(rest).is_some_and(|end| end <= t.cols),
+        None => rest == 0,
+    };
+    ensure_shape(head.rows == slots.len() && head_cols_ok && tail_ok, OP, || {
+        format!(
+            "{} slots from head {:?} and tail {:?} into a cache of {:?}",
+            slots.len(),
+            head.shape(),
+            tail.map(|(t, col)| (t.shape(), col)),
+            cache.format
+        )
+    })?;
+    slots_in(cache, slots, OP)?;
+    Ok(rest)
+}
+
+/// `kv_gather`'s contract: one `dst` row per slot, columns within the decoded row.
+pub fn kv_gather<B: Backend>(cache: &CacheTensor<B>, slots: &[u32], col: usize, dst: &Tensor<B>) -> Result<()> {
+    const OP: &str = "kv_gather";
+    ensure_shape(
+        dst.rows == slots.len() && col.checked_add(dst.cols).is_some_and(|end| end <= cache.cols()),
+        OP,
+        || format!("{} slots into {:?} from column {col} of {:?}", slots.len(), dst.shape(), cache.format),
+    )?;
+    slots_in(cache, slots, OP)
 }

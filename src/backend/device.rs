@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::backend::{Backend, CpuBackend};
 use crate::error::{Error, Result};
+use crate::kv_cache::KvCacheDtype;
 use crate::model::{ActQuant, Model};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,11 +21,13 @@ pub trait ModelTask {
     fn run<B: Backend>(self, model: Model<B>) -> Result<Self::Output>;
 }
 
-/// Loads models on one device; `deterministic` asks the CPU backend for batch-invariant kernels.
+/// Loads models on one device with caches of `kv_cache_dtype`; `deterministic` asks the CPU
+/// backend for batch-invariant kernels.
 #[derive(Clone, Copy, Debug)]
 pub struct Loader {
     pub device: Device,
     pub act: ActQuant,
+    pub kv_cache_dtype: KvCacheDtype,
     pub deterministic: bool,
 }
 
@@ -53,12 +56,16 @@ impl Loader {
     pub fn run<T: ModelTask>(&self, dir: &Path, task: T) -> Result<T::Output> {
         self.check()?;
         match self.device {
-            Device::Cpu => task.run(Model::load(self.cpu(), dir, self.act)?),
+            Device::Cpu => task.run(self.load(self.cpu(), dir)?),
             #[cfg(feature = "cuda")]
-            Device::Cuda => task.run(Model::load(crate::backend::cuda::CudaBackend::new(0)?, dir, self.act)?),
+            Device::Cuda => task.run(self.load(crate::backend::cuda::CudaBackend::new(0)?, dir)?),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda => Err(Error::Input("--device cuda: this binary was built without CUDA".into())),
         }
+    }
+
+    fn load<B: Backend>(&self, backend: B, dir: &Path) -> Result<Model<B>> {
+        Model::load(backend, dir, self.act)?.with_kv_cache_dtype(self.kv_cache_dtype)
     }
 
     fn cpu(&self) -> CpuBackend {

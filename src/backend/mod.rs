@@ -14,8 +14,9 @@ pub mod device;
 
 use crate::error::{Error, Result};
 use crate::fp8::ScaleFmt;
+use crate::kv_layout::{IndexFp8, LatentFp8, PAGE};
 use crate::model::weights::{HostLinear, HostTensor};
-use crate::tensor::{IntTensor, Tensor};
+use crate::tensor::{CacheTensor, IntTensor, Tensor};
 
 pub use cpu::CpuBackend;
 
@@ -102,6 +103,59 @@ impl Pages<'_> {
     }
 }
 
+/// How a paged cache holds its rows (`--kv-cache-dtype`). Every kernel that reads a cache
+/// decodes its rows to f32 values, so the formats differ only in what they store:
+/// - `F32`: the values as given (`auto`);
+/// - `Bf16`: the values rounded to bf16 (to nearest even), 2 bytes each, row after row;
+/// - `Fp8Latent`: the MLA latent in FlashMLA's DeepSeek-V3.2 layout ([`LatentFp8`]): the
+///   `kv_lora_rank` part as e4m3 with one power-of-two scale per 128, the rope key in bf16;
+/// - `Fp8Index`: the indexer keys as e4m3 with one scale per 128 of the model's indexer scale
+///   format, page by page ([`IndexFp8`]).
+///
+/// `kv_store` quantizes into the FP8 formats; `kv_gather`, `mla_decode` and `indexer_topk` decode
+/// on the fly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheFormat {
+    F32 { cols: usize },
+    Bf16 { cols: usize },
+    Fp8Latent(LatentFp8),
+    Fp8Index(IndexFp8),
+}
+
+impl CacheFormat {
+    /// Values of one row, decoded.
+    pub fn cols(&self) -> usize {
+        match self {
+            CacheFormat::F32 { cols } | CacheFormat::Bf16 { cols } => *cols,
+            CacheFormat::Fp8Latent(l) => l.nope + l.rope,
+            CacheFormat::Fp8Index(ix) => ix.dim,
+        }
+    }
+
+    /// Bytes one row takes (an index page's bytes divide evenly among its rows).
+    pub fn row_bytes(&self) -> usize {
+        match self {
+            CacheFormat::F32 { cols } => 4 * cols,
+            CacheFormat::Bf16 { cols } => 2 * cols,
+            CacheFormat::Fp8Latent(l) => l.token_bytes(),
+            CacheFormat::Fp8Index(ix) => ix.page_bytes() / PAGE,
+        }
+    }
+
+    /// Whether `kv_store` rounds values through FP8 (so the model need not round them first).
+    pub fn is_fp8(&self) -> bool {
+        matches!(self, CacheFormat::Fp8Latent(_) | CacheFormat::Fp8Index(_))
+    }
+
+    /// Bytes of a cache of `rows` rows; an index cache holds whole pages.
+    pub fn bytes(&self, rows: usize) -> Result<usize> {
+        if matches!(self, CacheFormat::Fp8Index(_)) && rows % PAGE != 0 {
+            return Err(Error::Input(format!("an FP8 index cache holds whole pages of {PAGE} rows, not {rows}")));
+        }
+        rows.checked_mul(self.row_bytes()).ok_or_else(|| Error::Input(format!("a cache of {rows} rows is too large")))
+    }
+}
+
 /// Query rows of one step: row `i` belongs to sequence `seq[i]` and sits at position `pos[i]`,
 /// so it attends to positions `0..=pos[i]` of that sequence.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +197,8 @@ pub trait Backend: Sized + Send + Sync + 'static {
     type Buf: Send + Sync;
     /// Integer storage.
     type Ints: Send + Sync;
+    /// A paged cache's storage, in its [`CacheFormat`].
+    type Cache: Send + Sync;
     /// A projection weight `[out, in]` in the format the checkpoint holds it.
     type Linear: Send + Sync;
     /// The routed experts of one MoE layer.
@@ -154,8 +210,6 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R;
 
     // ---- memory ----
-    /// Bytes of one element of this backend's activation and cache buffers.
-    fn elem_bytes(&self) -> usize;
     /// Bytes this backend's storage can still take (host RAM or device memory), for sizing the
     /// KV pool from `--mem-fraction-static`.
     fn free_memory(&self) -> Result<usize>;
@@ -249,19 +303,26 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn argmax(&self, logits: &Tensor<Self>) -> Result<Vec<u32>>;
 
     // ---- paged KV cache ----
-    /// Writes columns `src_col..src_col + n` of row `i` of `src` to row `slots[i]` of `cache`,
-    /// starting at column `dst_col`.
+    /// A cache of `rows` rows in `format`, zeroed.
+    fn cache_zeros(&self, format: CacheFormat, rows: usize) -> Result<CacheTensor<Self>>;
+    /// The cache's bytes as stored ([`CacheFormat::bytes`]; an F32 cache's values little-endian).
+    fn cache_read(&self, cache: &CacheTensor<Self>) -> Result<Vec<u8>>;
+    /// Overwrites the cache with `bytes`, laid out as [`Backend::cache_read`] returns them.
+    fn cache_write(&self, cache: &mut CacheTensor<Self>, bytes: &[u8]) -> Result<()>;
+    /// Writes cache row `slots[i]` from row `i` of the sources: all of `head`'s columns, then,
+    /// where `head` is narrower than the cache row, the rest from columns `col..` of `tail`
+    /// (`tail = (tensor, col)`): the latent and the rope key of one token from two tensors. An
+    /// FP8 cache quantizes here (its `head` is exactly the quantized part: the latent's
+    /// `kv_lora_rank` columns, or the whole index key). A slot given twice holds its last row.
     fn kv_store(
         &self,
-        cache: &mut Tensor<Self>,
+        cache: &mut CacheTensor<Self>,
         slots: &[u32],
-        src: &Tensor<Self>,
-        src_col: usize,
-        dst_col: usize,
-        n: usize,
+        head: &Tensor<Self>,
+        tail: Option<(&Tensor<Self>, usize)>,
     ) -> Result<()>;
-    /// Row `i` of `dst` = columns `col..col + dst.cols()` of cache row `slots[i]`.
-    fn kv_gather(&self, cache: &Tensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()>;
+    /// Row `i` of `dst` = columns `col..col + dst.cols()` of cache row `slots[i]`, decoded.
+    fn kv_gather(&self, cache: &CacheTensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()>;
 
     // ---- MLA ----
     /// Absorbs `kv_b`'s key half into the queries of the first `out.rows()` rows of `q`:
@@ -269,11 +330,12 @@ pub trait Backend: Sized + Send + Sync + 'static {
     fn absorb_q(&self, q: &Tensor<Self>, kv_b: &Self::Linear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()>;
     /// Attention of absorbed queries over the paged latent cache. Query row `i` attends to its
     /// sequence's positions `0..=pos[i]`, or only to those in `topk` row `i` (-1 = none) when
-    /// given. Writes the attention-weighted latent per head.
+    /// given. Writes the attention-weighted latent per head. The cache is `F32` of
+    /// `kv_lora + rope` columns or `Fp8Latent` of those widths.
     fn mla_decode(
         &self,
         q_lat: &Tensor<Self>,
-        cache: &Tensor<Self>,
+        cache: &CacheTensor<Self>,
         queries: Queries,
         pages: Pages,
         topk: Option<&IntTensor<Self>>,
@@ -308,13 +370,14 @@ pub trait Backend: Sized + Send + Sync + 'static {
     // ---- lightning indexer ----
     /// For every query row: `score(t) = Σ_h w[h]·weight_scale · ReLU(q_h · k_t)` over the cached
     /// index keys of positions `0..=pos`, and the `out.cols()` best positions (ascending; -1
-    /// pads rows with fewer candidates). Ties go to the earlier position.
+    /// pads rows with fewer candidates). Ties go to the earlier position. The cache is `F32` or
+    /// `Fp8Index` of the key width.
     fn indexer_topk(
         &self,
         q: &Tensor<Self>,
         weights: &Tensor<Self>,
         weight_scale: f32,
-        cache: &Tensor<Self>,
+        cache: &CacheTensor<Self>,
         queries: Queries,
         pages: Pages,
         out: &mut IntTensor<Self>,

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::dataset::{random_requests, Prompt, RandomSpec};
 use crate::backend::device::{Device, Loader};
 use crate::engine::{self, EngineConfig, FinishReason, Request, SamplingParams};
+use crate::kv_cache::KvCacheDtype;
 use crate::metrics::Metrics;
 use crate::model::config::ModelConfig;
 use crate::model::ActQuant;
@@ -45,6 +46,9 @@ pub struct OfflineArgs {
     pub act_quant: ActQuantArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// What the KV cache stores: `auto` (f32) or `fp8_e4m3`.
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: KvCacheDtype,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -80,7 +84,12 @@ pub fn run_offline(args: &OfflineArgs) -> anyhow::Result<OfflineReport> {
         context_length: Some(longest.max(args.random_input_len + args.random_output_len)),
         ..EngineConfig::default()
     };
-    let loader = Loader { device: args.device, act: ActQuant::from(args.act_quant), deterministic: false };
+    let loader = Loader {
+        device: args.device,
+        act: ActQuant::from(args.act_quant),
+        kv_cache_dtype: args.kv_cache_dtype,
+        deterministic: false,
+    };
     let engine = engine::start_on(loader, model_path, tokenizer, engine_config, Arc::new(Metrics::default()))?;
     let mut requests = Vec::with_capacity(workload.len());
     for r in &workload {

@@ -132,6 +132,8 @@ impl<B: Backend> Core<B> {
             vocab_size: cfg.vocab_size,
             max_running: config.max_running,
             num_blocks,
+            kv_cache_dtype: model.kv_cache_dtype(),
+            kv_bytes_per_token: model.kv_bytes_per_token(),
             eos_token_ids,
         };
         Metrics::set(&metrics.kv_blocks_total, num_blocks);

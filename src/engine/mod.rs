@@ -24,6 +24,7 @@ pub use sampler::TokenLogprob;
 use crate::backend::device::{Loader, ModelTask};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::kv_cache::KvCacheDtype;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -77,6 +78,9 @@ pub struct EngineInfo {
     pub vocab_size: usize,
     pub max_running: usize,
     pub num_blocks: usize,
+    /// What the KV cache stores, and the bytes one position takes across all layers.
+    pub kv_cache_dtype: KvCacheDtype,
+    pub kv_bytes_per_token: usize,
     pub eos_token_ids: Vec<u32>,
 }
 

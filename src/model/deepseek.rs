@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{CacheFormats, KvCache, KvCacheDtype};
 use crate::model::config::ModelConfig;
 use crate::model::mla::{LayerCache, Mla, MlaScratch};
 use crate::model::mlp::{Mlp, MlpScratch};
@@ -71,7 +71,10 @@ impl<B: Backend> Workspace<B> {
 pub struct Model<B: Backend> {
     backend: B,
     config: ModelConfig,
+    act: ActQuant,
     quant: QuantPlan,
+    kv_dtype: KvCacheDtype,
+    cache_formats: CacheFormats,
     embed: B::Linear,
     layers: Vec<Layer<B>>,
     norm: Tensor<B>,
@@ -120,8 +123,13 @@ impl<B: Backend> Model<B> {
         progress.inc(1);
         progress.finish_and_clear();
         let ws = Workspace::new(b)?;
+        let kv_dtype = KvCacheDtype::Auto;
+        let quant = QuantPlan::new(&config, act, kv_dtype);
         Ok(Model {
-            quant: QuantPlan::new(&config, act),
+            cache_formats: CacheFormats::new(&config, kv_dtype, QuantPlan::checkpoint_fmt(&config))?,
+            act,
+            quant,
+            kv_dtype,
             rope: RopeTable::new(&config),
             backend,
             config,
@@ -141,14 +149,29 @@ impl<B: Backend> Model<B> {
         &self.backend
     }
 
-    /// Bytes of KV cache one position takes.
+    /// The model with caches of `dtype` (`--kv-cache-dtype`; [`KvCacheDtype::Auto`] when
+    /// loaded). Caches made before do not fit it any more.
+    pub fn with_kv_cache_dtype(mut self, dtype: KvCacheDtype) -> Result<Self> {
+        let quant = QuantPlan::new(&self.config, self.act, dtype);
+        let index_fmt = quant.indexer.unwrap_or(QuantPlan::checkpoint_fmt(&self.config));
+        self.cache_formats = CacheFormats::new(&self.config, dtype, index_fmt)?;
+        self.quant = quant;
+        self.kv_dtype = dtype;
+        Ok(self)
+    }
+
+    pub fn kv_cache_dtype(&self) -> KvCacheDtype {
+        self.kv_dtype
+    }
+
+    /// Bytes of KV cache one position takes, across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        KvCache::bytes_per_token(&self.backend, &self.config)
+        self.config.num_layers * self.cache_formats.bytes_per_token()
     }
 
     /// An empty cache of `num_blocks` blocks for this model.
     pub fn new_cache(&self, num_blocks: usize) -> Result<KvCache<B>> {
-        KvCache::new(&self.backend, &self.config, num_blocks)
+        KvCache::new(&self.backend, self.cache_formats, self.config.num_layers, num_blocks)
     }
 
     /// Runs one step. Each sequence's new tokens are appended to its cache; the logits it asks
@@ -181,7 +204,8 @@ impl<B: Backend> Model<B> {
         cache: &mut KvCache<B>,
         mut hidden: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<()> {
-        if cache.latent.len() != self.layers.len()
+        if cache.formats() != self.cache_formats
+            || cache.latent.len() != self.layers.len()
             || cache.index.len() != self.layers.len() * usize::from(self.config.indexer.is_some())
         {
             return Err(Error::Input("the KV cache was made for another model".into()));

@@ -7,7 +7,7 @@ use crate::model::config::{IndexerConfig, ModelConfig};
 use crate::model::step::StepLayout;
 use crate::model::weights::Checkpoint;
 use crate::model::QuantPlan;
-use crate::tensor::{IntTensor, Tensor};
+use crate::tensor::{CacheTensor, IntTensor, Tensor};
 
 /// The indexer key's LayerNorm epsilon (fixed in DeepSeek's code, not in the config).
 const K_NORM_EPS: f32 = 1e-6;
@@ -71,7 +71,7 @@ impl<B: Backend> Indexer<B> {
         input: IndexerInput<B>,
         step: &StepLayout,
         quant: &QuantPlan,
-        cache: &mut Tensor<B>,
+        cache: &mut CacheTensor<B>,
         s: &mut IndexerScratch<B>,
         topk: &mut IntTensor<B>,
     ) -> Result<()> {
@@ -86,13 +86,16 @@ impl<B: Backend> Indexer<B> {
         b.rope(&mut s.k, rope(1), input.cos_sin, RopeLayout::HalfSplit)?;
         if let Some(fmt) = quant.indexer {
             // The rotation spreads outliers before FP8 rounding; it is orthogonal, so without
-            // rounding the scores would not change and it is skipped.
-            for x in [&mut s.q, &mut s.k] {
-                b.hadamard(x, ix.head_dim)?;
-                b.fp8_round(x, ix.head_dim, fmt)?;
+            // rounding the scores would not change and it is skipped. An FP8 cache rounds the
+            // keys as it stores them, with the same scales.
+            b.hadamard(&mut s.q, ix.head_dim)?;
+            b.fp8_round(&mut s.q, ix.head_dim, fmt)?;
+            b.hadamard(&mut s.k, ix.head_dim)?;
+            if !cache.format().is_fp8() {
+                b.fp8_round(&mut s.k, ix.head_dim, fmt)?;
             }
         }
-        b.kv_store(cache, &step.slots, &s.k, 0, 0, ix.head_dim)?;
+        b.kv_store(cache, &step.slots, &s.k, None)?;
         b.resize(&mut s.w, t, ix.n_heads)?;
         b.linear(input.x, &self.weights_proj, None, &mut s.w)?;
         let weight_scale = ((ix.n_heads * ix.head_dim) as f32).powf(-0.5);

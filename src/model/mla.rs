@@ -10,7 +10,7 @@ use crate::model::indexer::{Indexer, IndexerInput, IndexerScratch};
 use crate::model::step::StepLayout;
 use crate::model::weights::Checkpoint;
 use crate::model::QuantPlan;
-use crate::tensor::{IntTensor, Tensor};
+use crate::tensor::{CacheTensor, IntTensor, Tensor};
 
 enum QueryProj<B: Backend> {
     /// `q_b(rms_norm(q_a(x)))`, the form every released DeepSeek-V3/V3.2 uses.
@@ -76,8 +76,8 @@ impl<B: Backend> MlaScratch<B> {
 
 /// The per-layer cache tensors attention reads and writes.
 pub struct LayerCache<'a, B: Backend> {
-    pub latent: &'a mut Tensor<B>,
-    pub index: Option<&'a mut Tensor<B>>,
+    pub latent: &'a mut CacheTensor<B>,
+    pub index: Option<&'a mut CacheTensor<B>>,
 }
 
 impl<B: Backend> Mla<B> {
@@ -153,14 +153,14 @@ impl<B: Backend> Mla<B> {
         b.linear(x, &self.kv_a, quant.linear, &mut s.kva)?;
         b.resize(&mut s.lat, t, d.kv_lora)?;
         b.rms_norm(&s.kva, 0, &self.kv_norm, self.eps, &mut s.lat)?;
-        if let Some(fmt) = quant.kv_latent {
-            // The cache holds the latent as FP8 would: every reader sees the rounded values.
+        // The cache holds the latent as FP8 would: every reader sees the rounded values. An FP8
+        // cache rounds as it stores (with power-of-two scales), so nothing is rounded here.
+        if let Some(fmt) = quant.kv_latent.filter(|_| !cache.latent.format().is_fp8()) {
             b.fp8_round(&mut s.lat, d.kv_lora, fmt)?;
         }
         let k_rope = HeadCols { n_heads: 1, stride: d.latent(), offset: d.kv_lora, dim: d.rope };
         b.rope(&mut s.kva, k_rope, cos_sin, RopeLayout::Interleaved)?;
-        b.kv_store(cache.latent, &step.slots, &s.lat, 0, 0, d.kv_lora)?;
-        b.kv_store(cache.latent, &step.slots, &s.kva, d.kv_lora, d.kv_lora, d.rope)?;
+        b.kv_store(cache.latent, &step.slots, &s.lat, Some((&s.kva, d.kv_lora)))?;
 
         let topk = match (&self.indexer, cache.index) {
             (Some(ix), Some(index_cache)) => {

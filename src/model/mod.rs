@@ -12,6 +12,7 @@ pub mod step;
 pub mod weights;
 
 use crate::fp8::ScaleFmt;
+use crate::kv_cache::KvCacheDtype;
 use config::{ModelConfig, ModelType};
 
 pub use deepseek::Model;
@@ -38,15 +39,25 @@ pub struct QuantPlan {
 }
 
 impl QuantPlan {
-    pub fn new(cfg: &ModelConfig, act: ActQuant) -> Self {
+    /// With an FP8 KV cache the indexer takes its FP8 path (Hadamard rotation, rounded queries)
+    /// even where activations are not quantized: the FP8 index keys need it. The cache's store
+    /// then rounds the latent and the index keys itself (`kv_latent` stays as the activation
+    /// setting says, for an f32 cache).
+    pub fn new(cfg: &ModelConfig, act: ActQuant, kv: KvCacheDtype) -> Self {
+        let fmt = Self::checkpoint_fmt(cfg);
+        let v32 = cfg.model_type == ModelType::DeepseekV32;
+        let indexer = (v32 && kv == KvCacheDtype::Fp8E4m3).then_some(fmt);
         if act == ActQuant::None {
-            return QuantPlan { linear: None, kv_latent: None, indexer: None };
+            return QuantPlan { linear: None, kv_latent: None, indexer };
         }
-        let fmt = match cfg.fp8 {
+        QuantPlan { linear: Some(fmt), kv_latent: v32.then_some(fmt), indexer: v32.then_some(fmt) }
+    }
+
+    /// The checkpoint's activation scale format: ue8m0 where its `quantization_config` says so.
+    pub fn checkpoint_fmt(cfg: &ModelConfig) -> ScaleFmt {
+        match cfg.fp8 {
             Some(f) if f.ue8m0 => ScaleFmt::Ue8m0,
             _ => ScaleFmt::Exact,
-        };
-        let v32 = cfg.model_type == ModelType::DeepseekV32;
-        QuantPlan { linear: Some(fmt), kv_latent: v32.then_some(fmt), indexer: v32.then_some(fmt) }
+        }
     }
 }

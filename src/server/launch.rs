@@ -10,6 +10,7 @@ use super::{AppState, SamplingDefaults, Server};
 use crate::backend::device::{Device, Loader};
 use crate::bundled;
 use crate::engine::{self, EngineConfig};
+use crate::kv_cache::KvCacheDtype;
 use crate::metrics::Metrics;
 use crate::model::config::ModelConfig;
 use crate::model::ActQuant;
@@ -84,6 +85,10 @@ pub struct ServeArgs {
     pub device: Device,
     #[arg(long, default_value = "fp8")]
     pub act_quant: ActQuantArg,
+    /// What the KV cache stores: `auto` (f32) or `fp8_e4m3` (FlashMLA's FP8 latent layout and
+    /// FP8 index keys: about 3.5x the tokens in the same memory).
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: KvCacheDtype,
     /// Tensor-parallel size.
     #[arg(long, visible_alias = "tp-size", default_value_t = 1)]
     pub tp: usize,
@@ -138,6 +143,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
     let loader = Loader {
         device: args.device,
         act: ActQuant::from(args.act_quant),
+        kv_cache_dtype: args.kv_cache_dtype,
         deterministic: args.enable_deterministic_inference,
     };
     let handle =
@@ -165,10 +171,13 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Server> {
     let server = Server::bind(&addr, state)?;
     let bound = server.local_addr().map_or(addr, |a| a.to_string());
     eprintln!(
-        "flashseek: serving {} on http://{bound} (context {}, KV pool {} tokens, up to {} running)",
+        "flashseek: serving {} on http://{bound} (context {}, KV pool {} tokens of {} bytes ({} cache), up to {} \
+         running)",
         model_path.display(),
         info.context_length,
         info.num_blocks * crate::kv_cache::BLOCK_SIZE,
+        info.kv_bytes_per_token,
+        info.kv_cache_dtype,
         info.max_running
     );
     Ok(server)

@@ -43,6 +43,7 @@ pub fn server_info(state: &AppState) -> Value {
         "max_running_requests": info.max_running,
         "max_total_num_tokens": info.num_blocks * crate::kv_cache::BLOCK_SIZE,
         "page_size": crate::kv_cache::BLOCK_SIZE,
+        "kv_cache_dtype": info.kv_cache_dtype.as_str(),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

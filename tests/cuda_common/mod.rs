@@ -10,7 +10,7 @@ use flashseek::backend::cuda::CudaDevice;
 use flashseek::backend::CpuBackend;
 use flashseek::fp8::{ScaleFmt, E4M3_TO_F32};
 use flashseek::model::weights::{HostLinear, HostTensor};
-use flashseek::tensor::Tensor;
+use flashseek::tensor::{CacheTensor, Tensor};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -100,6 +100,11 @@ impl Rng {
 
 pub fn tensor(rows: usize, cols: usize, data: Vec<f32>) -> Tensor<CpuBackend> {
     Tensor::<CpuBackend>::from_vec(rows, cols, data).expect("cpu tensor")
+}
+
+/// An f32 cache of the CPU backend.
+pub fn cache_f32(rows: usize, cols: usize, data: Vec<f32>) -> CacheTensor<CpuBackend> {
+    CacheTensor::from_f32(rows, cols, data).expect("cpu cache")
 }
 
 // The driver refuses to allocate 0 bytes, and random shapes are sometimes empty: such buffers

@@ -184,6 +184,11 @@ typedef struct Fp8GemmWgmmaParams {
 // - indexer_topk: out[i, 0..k] = the k positions of the largest logits of row r, ascending, ties
 //   to the earlier position; a row with pos[i] + 1 <= k gets 0..=pos[i] then -1s without reading
 //   logits (which may then be null). One block per list entry.
+// How a paged cache a kernel reads is stored (src/backend/mod.rs's CacheFormat).
+#define FLASHSEEK_CACHE_F32 0
+#define FLASHSEEK_CACHE_FP8 1
+#define FLASHSEEK_CACHE_BF16 2
+
 typedef struct IndexerParams {
     const float* q;
     const float* weights;
@@ -203,6 +208,10 @@ typedef struct IndexerParams {
     unsigned int block_size;
     unsigned int k;
     float weight_scale;
+    // FLASHSEEK_CACHE_F32: the keys are `cache`; otherwise `cache_bytes` holds them, as an FP8
+    // index cache (kv_layout.cuh's IndexFp8 of `dim`) or bf16 rows of `dim`.
+    const unsigned char* cache_bytes;
+    unsigned int cache_format;
 } IndexerParams;
 
 // The Hopper lightning indexer (csrc/sm90/indexer/indexer_{logits,topk}_fp8.cu; index math in
@@ -274,6 +283,37 @@ typedef struct KvCopyParams {
     unsigned dst_stride;
     unsigned dst_col;
 } KvCopyParams;
+
+// The packed caches (kv_pack.cu; layouts of common/kv_layout.cuh), one block per pair of `pairs`:
+// - kv_pack: pair i = (step row r, cache row slot): row r of `head` (head_stride wide, its first
+//   `nope` values) then columns tail_col..tail_col + rope of row r of `tail` into the slot.
+//   FP8 latent: `nope` quantized (power-of-two scales), the rope key in bf16; FP8 index: `nope`
+//   (the key) quantized, scales ue8m0 or exact; bf16: nope + rope values rounded to bf16. The
+//   host keeps only the last pair of a slot, so no two blocks write the same row.
+// - kv_unpack: pair i = (cache row slot, destination row d): row d of `dst` (dst_stride wide) =
+//   decoded columns col..col + n of the slot (a bf16 row is nope + rope wide).
+#define FLASHSEEK_KV_PACK_THREADS 128
+#define FLASHSEEK_KV_LATENT_FP8 0
+#define FLASHSEEK_KV_INDEX_FP8 1
+#define FLASHSEEK_KV_BF16 2
+typedef struct KvPackParams {
+    const float* head;
+    const float* tail;
+    unsigned char* cache;
+    float* dst;
+    const unsigned* pairs;
+    unsigned count;
+    unsigned layout;
+    unsigned nope;
+    unsigned rope;
+    unsigned ue8m0;
+    unsigned head_stride;
+    unsigned tail_stride;
+    unsigned tail_col;
+    unsigned dst_stride;
+    unsigned col;
+    unsigned n;
+} KvPackParams;
 
 // Formats of a linear weight read in place (kv_b in absorb.cu), as CudaLinear holds them.
 #define FLASHSEEK_WEIGHT_F32 0
@@ -353,6 +393,11 @@ typedef struct MlaDecodeParams {
     unsigned splits;
     unsigned chunk;
     float scale;
+    // FLASHSEEK_CACHE_F32: the cache is `cache`; otherwise `cache_bytes` holds it, in the FP8
+    // latent layout (kv_layout.cuh's LatentFp8 of kv_lora and latent - kv_lora) or as bf16 rows
+    // of latent.
+    const unsigned char* cache_bytes;
+    unsigned cache_format;
 } MlaDecodeParams;
 
 // The Hopper decode over the FP8 latent cache (decode_fast.cu; index math in decode_fast.cuh):

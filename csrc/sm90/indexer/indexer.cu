@@ -26,6 +26,7 @@
 // in position order keeps every larger score and the first of the ties, writing their positions
 // in order through block-wide ballot scans.
 #include "flashseek/params.h"
+#include "../../common/kv_fp8.cuh"
 
 namespace {
 
@@ -76,10 +77,22 @@ __device__ __forceinline__ float x86_add(float a, float b) {
     return isnan(r) ? x86_nan(a, b) : r;
 }
 
-// The cached key of position t, through the sequence's block table (the host checked it).
-__device__ __forceinline__ const float* key_row(const IndexerParams& p, const unsigned* table, unsigned t) {
-    const size_t slot = static_cast<size_t>(table[t / p.block_size]) * p.block_size + t % p.block_size;
-    return p.cache + slot * p.dim;
+// The cache row of position t, through the sequence's block table (the host checked it).
+__device__ __forceinline__ size_t key_slot(const IndexerParams& p, const unsigned* table, unsigned t) {
+    return static_cast<size_t>(table[t / p.block_size]) * p.block_size + t % p.block_size;
+}
+
+// Column c of the key in cache row `slot`: an f32, or an FP8 code or a bf16 value decoded as
+// the CPU does.
+__device__ __forceinline__ float key_value(const IndexerParams& p, size_t slot, unsigned c) {
+    if (p.cache_format == FLASHSEEK_CACHE_FP8) {
+        return flashseek::kv_layout::index_value(flashseek::kv_layout::IndexFp8{static_cast<int>(p.dim)},
+                                                 p.cache_bytes, slot, c);
+    }
+    if (p.cache_format == FLASHSEEK_CACHE_BF16) {
+        return flashseek::kv_layout::bf16_value(p.cache_bytes, slot, p.dim, c);
+    }
+    return p.cache[slot * p.dim + c];
 }
 
 // ---- top-k ----
@@ -157,12 +170,13 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_INDEXER_THREADS)
 #pragma unroll
     for (unsigned m = 0; m < kPerGroup; ++m) {
         const unsigned t = t0 + group + m * kGroups;
-        const float* k = t < n ? key_row(p, table, t) : nullptr;
+        const bool has = t < n;
+        const size_t slot = has ? key_slot(p, table, t) : 0;
 #pragma unroll
         for (unsigned j = 0; j < kMaxSteps; ++j) {
-            key[m][j] = k != nullptr && j < steps ? k[j * kLanes + lane] : 0.0f;
+            key[m][j] = has && j < steps ? key_value(p, slot, j * kLanes + lane) : 0.0f;
         }
-        key_rest[m] = k != nullptr && lane < rest ? k[d8 + lane] : 0.0f;
+        key_rest[m] = has && lane < rest ? key_value(p, slot, d8 + lane) : 0.0f;
     }
 
     const unsigned chunk_heads = min(kQFloats / dim, kMaxChunkHeads);

@@ -11,11 +11,14 @@
 // with more it writes (max, sum, keys) and the unnormalized latent of each head, and
 // flashseek_mla_decode_combine_f32 merges the splits by their maxima.
 //
+// An FP8 or bf16 cache (cache_format) is decoded as the tile is staged, into the CPU's values.
+//
 // Numerics against the CPU: the same f32 products summed in another order, and the softmax
 // computed online (rescaled as the maximum grows) where the CPU normalizes once;
 // tests/cuda_mla.rs derives the bound.
 #include "flashseek/params.h"
 #include "attention.cuh"
+#include "../../common/kv_fp8.cuh"
 
 namespace {
 
@@ -101,6 +104,7 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_DECODE_THREADS, 2)
     }
     Online st = online_start();
     const DecodeTile tile{rows, slot};
+    const flashseek::kv_layout::LatentFp8 fp8{static_cast<int>(p.kv_lora), static_cast<int>(p.latent - p.kv_lora)};
     for (unsigned long long base = e0; base < e1; base += kTile) {
         if (threadIdx.x < kTile) {
             const unsigned long long e = base + threadIdx.x;
@@ -112,7 +116,16 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_DECODE_THREADS, 2)
             const unsigned d = i % p.latent;
             const long long s = slot[j];
             if (s >= 0) {
-                rows[j][d] = p.cache[static_cast<size_t>(s) * p.latent + d];
+                const size_t r = static_cast<size_t>(s);
+                float v;
+                if (p.cache_format == FLASHSEEK_CACHE_FP8) {
+                    v = flashseek::kv_layout::latent_value(fp8, p.cache_bytes, r, d);
+                } else if (p.cache_format == FLASHSEEK_CACHE_BF16) {
+                    v = flashseek::kv_layout::bf16_value(p.cache_bytes, r, p.latent, d);
+                } else {
+                    v = p.cache[r * p.latent + d];
+                }
+                rows[j][d] = v;
             }
         }
         __syncthreads();

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::kv::Rows;
 use super::linear::{CpuLinear, GemmMode};
 use super::min_len;
 use super::scratch::Pool;
@@ -208,11 +209,13 @@ fn topk_view<'a>(
 }
 
 /// Decode attention of absorbed queries `q_lat` `[m, heads·(kv_lora+rope)]` over the paged
-/// latent `cache` `[slots, kv_lora+rope]`; writes `out` `[m, heads·kv_lora]`.
+/// latent `cache` (rows of `kv_lora+rope`, FP8 ones decoded page by page as they are read, so
+/// the sums are those over an f32 cache of the decoded values); writes `out`
+/// `[m, heads·kv_lora]`.
 pub fn mla_decode(
     pool: &Pool<f32>,
     q_lat: &[f32],
-    cache: &[f32],
+    cache: Rows,
     queries: Queries,
     pages: Pages,
     topk: Option<(&[i32], usize)>,
@@ -227,12 +230,13 @@ pub fn mla_decode(
             && out.len() == m * d.heads * d.kv_lora
             && queries.seq.len() == m
             && pages.block_size > 0
-            && lat > 0,
+            && lat > 0
+            && cache.cols() == lat,
         "mla_decode",
         || format!("q_lat {} values, out {} for {m} rows, dims {d:?}", q_lat.len(), out.len()),
     )?;
     let topk = topk_view(topk, m, "mla_decode")?;
-    let slots_in_cache = cache.len() / lat;
+    let slots_in_cache = cache.num_rows();
     let groups = d.heads.div_ceil(HEAD_GROUP);
     let dst = SharedMut::new(out);
     let candidates: usize =
@@ -246,30 +250,34 @@ pub fn mla_decode(
         let hg = heads.len();
         let q = &q_lat[(i * d.heads + heads.start) * lat..(i * d.heads + heads.end) * lat];
         // The attended rows in segments of consecutive cache rows: the pages of a dense
-        // context in place, or the top-k rows gathered into one buffer.
+        // context (in place, or decoded into `page`), or the top-k rows gathered (decoded)
+        // into one buffer.
         let n = Candidates::new(topk, i, pos).count();
         let mut gathered = pool.take(if topk.is_some() { n * lat } else { 0 });
         if topk.is_some() {
             for (row, t) in gathered.chunks_exact_mut(lat).zip(Candidates::new(topk, i, pos)) {
-                let s = slot(t)?;
-                row.copy_from_slice(&cache[s * lat..(s + 1) * lat]);
+                cache.decode_row(slot(t)?, row);
             }
         }
-        let segment = |j: usize| -> Result<&[f32]> {
-            if topk.is_some() {
-                return Ok(&gathered[..]);
-            }
+        let mut page = pool.take(if topk.is_none() && !cache.is_f32() { pages.block_size * lat } else { 0 });
+        let step = if topk.is_some() { n.max(1) } else { pages.block_size };
+        // The first cache row and the length of the dense segment at position `j`.
+        let page_at = |j: usize| -> Result<(usize, usize)> {
             let c = pages.block_size.min(n - j);
             let s = slot(j)?;
             ensure_shape(s + c <= slots_in_cache, "mla_decode", || format!("page of slot {s} runs past the cache"))?;
-            Ok(&cache[s * lat..(s + c) * lat])
+            Ok((s, c))
         };
-        let step = if topk.is_some() { n.max(1) } else { pages.block_size };
 
         let mut scores = pool.take(hg * n);
         let mut tile = pool.take(hg * step);
         for j in (0..n).step_by(step) {
-            let rows = segment(j)?;
+            let rows = if topk.is_some() {
+                &gathered[..]
+            } else {
+                let (s, c) = page_at(j)?;
+                cache.rows(s, c, &mut page)
+            };
             let c = rows.len() / lat;
             dots(q, rows, lat, &mut tile[..hg * c]);
             for h in 0..hg {
@@ -284,7 +292,12 @@ pub fn mla_decode(
         // SAFETY: this task owns row i, heads `heads` of out.
         let o = unsafe { dst.slice((i * d.heads + heads.start) * d.kv_lora, hg * d.kv_lora) };
         for j in (0..n).step_by(step) {
-            let rows = segment(j)?;
+            let rows = if topk.is_some() {
+                &gathered[..]
+            } else {
+                let (s, c) = page_at(j)?;
+                cache.rows(s, c, &mut page)
+            };
             let c = rows.len() / lat;
             // o[hg, kv_lora] (+)= P[:, j..j + c] · rows[:, ..kv_lora]
             // SAFETY: P has hg rows of stride n; rows holds c rows of stride lat; o is [hg, kv_lora].

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{ensure_shape, Error, Result};
+use crate::error::{ensure_shape, Result};
 use crate::fp8::{round_trip_row, ScaleFmt};
 use crate::model::config::FP8_BLOCK;
 
@@ -80,73 +80,4 @@ pub fn argmax(logits: &[f32], cols: usize) -> Vec<u32> {
             best as u32
         })
         .collect()
-}
-
-fn check_slots(slots: &[u32], cache_rows: usize, op: &'static str) -> Result<()> {
-    match slots.iter().find(|&&s| s as usize >= cache_rows) {
-        Some(s) => Err(Error::shape(op, format!("slot {s} outside the cache ({cache_rows} rows)"))),
-        None => Ok(()),
-    }
-}
-
-pub fn kv_store(
-    cache: &mut [f32],
-    cache_cols: usize,
-    slots: &[u32],
-    src: &[f32],
-    src_cols: usize,
-    src_col: usize,
-    dst_col: usize,
-    n: usize,
-) -> Result<()> {
-    ensure_shape(
-        cache_cols > 0 && src.len() == slots.len() * src_cols && src_col + n <= src_cols && dst_col + n <= cache_cols,
-        "kv_store",
-        || {
-            format!(
-                "{} slots, src {} values of width {src_cols}, columns {src_col}+{n} -> {dst_col} of {cache_cols}",
-                slots.len(),
-                src.len()
-            )
-        },
-    )?;
-    check_slots(slots, cache.len() / cache_cols, "kv_store")?;
-    if n == 0 {
-        return Ok(());
-    }
-    for (row, &s) in src.chunks_exact(src_cols).zip(slots) {
-        let s = s as usize;
-        cache[s * cache_cols + dst_col..s * cache_cols + dst_col + n].copy_from_slice(&row[src_col..src_col + n]);
-    }
-    Ok(())
-}
-
-pub fn kv_gather(
-    cache: &[f32],
-    cache_cols: usize,
-    slots: &[u32],
-    col: usize,
-    dst: &mut [f32],
-    dst_cols: usize,
-) -> Result<()> {
-    ensure_shape(
-        cache_cols > 0 && dst.len() == slots.len() * dst_cols && col + dst_cols <= cache_cols,
-        "kv_gather",
-        || {
-            format!(
-                "{} slots into {} values of width {dst_cols} from column {col} of {cache_cols}",
-                slots.len(),
-                dst.len()
-            )
-        },
-    )?;
-    check_slots(slots, cache.len() / cache_cols, "kv_gather")?;
-    if dst_cols == 0 {
-        return Ok(());
-    }
-    for (row, &s) in dst.chunks_exact_mut(dst_cols).zip(slots) {
-        let s = s as usize;
-        row.copy_from_slice(&cache[s * cache_cols + col..s * cache_cols + col + dst_cols]);
-    }
-    Ok(())
 }

@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use super::kv::Rows;
 use super::scratch::Pools;
 use super::simd::{dots, SharedMut};
 use crate::backend::{Pages, Queries};
@@ -16,13 +17,15 @@ use crate::error::{ensure_shape, Result};
 /// Query heads scored together against a page: bounds the logits buffer to a few hundred KB.
 const MAX_QUERY_HEADS: usize = 1024;
 
-/// Writes for every query row the `k` best-scoring positions (ascending, `-1`-padded).
+/// Writes for every query row the `k` best-scoring positions (ascending, `-1`-padded). FP8
+/// keys are decoded a page at a time as they are read, so scores are those over an f32 cache of
+/// the decoded keys.
 pub fn indexer_topk(
     pools: &Pools,
     q: &[f32],
     weights: &[f32],
     weight_scale: f32,
-    cache: &[f32],
+    cache: Rows,
     queries: Queries,
     pages: Pages,
     k: usize,
@@ -41,16 +44,16 @@ pub fn indexer_topk(
             && weights.len() == m * n_heads
             && q.len() == m * n_heads * hd
             && hd > 0
-            && cache.len() % hd == 0
+            && cache.cols() == hd
             && out.len() == m * k
             && pages.block_size > 0,
         "indexer_topk",
         || {
             format!(
-                "{m} queries, q {} values, weights {}, cache {}, out {} for k={k}",
+                "{m} queries, q {} values, weights {}, cache of {} columns, out {} for k={k}",
                 q.len(),
                 weights.len(),
-                cache.len(),
+                cache.cols(),
                 out.len()
             )
         },
@@ -58,7 +61,7 @@ pub fn indexer_topk(
     if k == 0 {
         return Ok(());
     }
-    let slots_in_cache = cache.len() / hd;
+    let slots_in_cache = cache.num_rows();
     let slot = |seq: usize, t: usize| pages.cache_row(seq, t, slots_in_cache);
     // Row i's scores live at scores[off[i]..off[i] + pos_i + 1]; rows with no more candidates
     // than k need none.
@@ -93,7 +96,8 @@ pub fn indexer_topk(
         let s0 = slot(seq, t0)?;
         // A page's positions are consecutive cache rows.
         ensure_shape(s0 + nt <= slots_in_cache, "indexer_topk", || format!("page of slot {s0} runs past the cache"))?;
-        let keys = &cache[s0 * hd..(s0 + nt) * hd];
+        let mut decoded = pools.f32.take(if cache.is_f32() { 0 } else { nt * hd });
+        let keys = cache.rows(s0, nt, &mut decoded);
         let rows = (b - a) * n_heads;
         let mut logits = pools.f32.take(rows * nt);
         dots(&q[a * n_heads * hd..b * n_heads * hd], keys, hd, &mut logits);

@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod indexer;
+pub mod kv;
 pub mod linear;
 pub mod moe;
 pub mod norm;
@@ -13,12 +14,15 @@ pub mod scratch;
 pub mod simd;
 
 use super::check;
-use crate::backend::{Backend, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams};
+use crate::backend::{
+    Backend, CacheFormat, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams,
+};
 use crate::error::{ensure_shape, Error, Result};
 use crate::fp8::ScaleFmt;
 use crate::model::weights::{HostLinear, HostTensor};
-use crate::tensor::{IntTensor, Tensor};
+use crate::tensor::{CacheTensor, IntTensor, Tensor};
 
+pub use kv::CpuCache;
 pub use linear::{CpuLinear, GemmMode};
 pub use moe::CpuExpert;
 
@@ -76,9 +80,34 @@ impl IntTensor<CpuBackend> {
     }
 }
 
+impl CacheTensor<CpuBackend> {
+    /// An f32 cache of `rows` rows of `cols` values.
+    pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        ensure_shape(data.len() == rows * cols, "from_f32", || format!("{} values for [{rows}, {cols}]", data.len()))?;
+        Ok(CacheTensor { buf: CpuCache::F32(data), format: CacheFormat::F32 { cols }, rows })
+    }
+
+    /// A cache of `rows` rows in `format` holding `bytes` ([`Backend::cache_read`]'s layout).
+    pub fn from_bytes(format: CacheFormat, rows: usize, bytes: &[u8]) -> Result<Self> {
+        let mut buf = CpuCache::zeros(format, rows)?;
+        buf.write_bytes(bytes)?;
+        Ok(CacheTensor { buf, format, rows })
+    }
+
+    /// The storage: values of an f32 cache, bytes of the others.
+    pub fn storage(&self) -> &CpuCache {
+        &self.buf
+    }
+
+    fn rows_view(&self) -> Result<kv::Rows<'_>> {
+        kv::Rows::new(&self.buf, self.format)
+    }
+}
+
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Ints = Vec<i32>;
+    type Cache = CpuCache;
     type Linear = CpuLinear;
     type Experts = Vec<CpuExpert>;
 
@@ -90,10 +119,6 @@ impl Backend for CpuBackend {
     /// from another thread would wait for a worker to wake up for every kernel.
     fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
         rayon::join(step, || ()).0
-    }
-
-    fn elem_bytes(&self) -> usize {
-        std::mem::size_of::<f32>()
     }
 
     /// `MemAvailable` of /proc/meminfo.
@@ -267,22 +292,34 @@ impl Backend for CpuBackend {
         Ok(elementwise::argmax(&logits.buf, logits.cols))
     }
 
-    fn kv_store(
-        &self,
-        cache: &mut Tensor<Self>,
-        slots: &[u32],
-        src: &Tensor<Self>,
-        src_col: usize,
-        dst_col: usize,
-        n: usize,
-    ) -> Result<()> {
-        check::rows_per_slot(src, slots.len(), "kv_store")?;
-        elementwise::kv_store(&mut cache.buf, cache.cols, slots, &src.buf, src.cols, src_col, dst_col, n)
+    fn cache_zeros(&self, format: CacheFormat, rows: usize) -> Result<CacheTensor<Self>> {
+        Ok(CacheTensor { buf: CpuCache::zeros(format, rows)?, format, rows })
     }
 
-    fn kv_gather(&self, cache: &Tensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()> {
-        check::rows_per_slot(dst, slots.len(), "kv_gather")?;
-        elementwise::kv_gather(&cache.buf, cache.cols, slots, col, &mut dst.buf, dst.cols)
+    fn cache_read(&self, cache: &CacheTensor<Self>) -> Result<Vec<u8>> {
+        Ok(cache.buf.to_bytes())
+    }
+
+    fn cache_write(&self, cache: &mut CacheTensor<Self>, bytes: &[u8]) -> Result<()> {
+        cache.buf.write_bytes(bytes)
+    }
+
+    fn kv_store(
+        &self,
+        cache: &mut CacheTensor<Self>,
+        slots: &[u32],
+        head: &Tensor<Self>,
+        tail: Option<(&Tensor<Self>, usize)>,
+    ) -> Result<()> {
+        check::kv_store(cache, slots, head, tail)?;
+        let tail = tail.map(|(t, col)| (t.buf.as_slice(), t.cols, col));
+        kv::kv_store(&mut cache.buf, cache.format, slots, &head.buf, head.cols, tail)
+    }
+
+    fn kv_gather(&self, cache: &CacheTensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()> {
+        check::kv_gather(cache, slots, col, dst)?;
+        kv::kv_gather(cache.rows_view()?, slots, col, &mut dst.buf, dst.cols);
+        Ok(())
     }
 
     fn absorb_q(&self, q: &Tensor<Self>, kv_b: &CpuLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
@@ -293,7 +330,7 @@ impl Backend for CpuBackend {
     fn mla_decode(
         &self,
         q_lat: &Tensor<Self>,
-        cache: &Tensor<Self>,
+        cache: &CacheTensor<Self>,
         queries: Queries,
         pages: Pages,
         topk: Option<&IntTensor<Self>>,
@@ -303,7 +340,8 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         check::mla_decode(q_lat, cache, topk, dims, out)?;
         let topk = topk.map(|t| (t.buf.as_slice(), t.cols));
-        attention::mla_decode(&self.pools.f32, &q_lat.buf, &cache.buf, queries, pages, topk, scale, dims, &mut out.buf)
+        let rows = cache.rows_view()?;
+        attention::mla_decode(&self.pools.f32, &q_lat.buf, rows, queries, pages, topk, scale, dims, &mut out.buf)
     }
 
     fn absorb_out(&self, o_lat: &Tensor<Self>, kv_b: &CpuLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
@@ -332,7 +370,7 @@ impl Backend for CpuBackend {
         q: &Tensor<Self>,
         weights: &Tensor<Self>,
         weight_scale: f32,
-        cache: &Tensor<Self>,
+        cache: &CacheTensor<Self>,
         queries: Queries,
         pages: Pages,
         out: &mut IntTensor<Self>,
@@ -343,7 +381,7 @@ impl Backend for CpuBackend {
             &q.buf,
             &weights.buf,
             weight_scale,
-            &cache.buf,
+            cache.rows_view()?,
             queries,
             pages,
             out.cols,

@@ -9,14 +9,22 @@
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
-use super::{product, CudaDevice, CudaExperts, CudaLinear};
+use super::{product, CacheView, CudaDevice, CudaExperts, CudaLinear};
 use crate::backend::{
-    check, Backend, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams,
+    check, Backend, CacheFormat, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams,
 };
-use crate::error::{ensure_shape, Result};
+use crate::error::{ensure_shape, Error, Result};
 use crate::fp8::ScaleFmt;
 use crate::model::weights::{HostLinear, HostTensor};
-use crate::tensor::{IntTensor, Tensor};
+use crate::tensor::{CacheTensor, IntTensor, Tensor};
+
+/// A paged cache's device storage: f32 values, or the bytes of bf16 rows or an FP8 layout. Both
+/// are plain buffers the fast kernels can read in place (their first [`CacheFormat::bytes`]
+/// bytes).
+pub enum CudaCache {
+    F32(CudaSlice<f32>),
+    Bytes(CudaSlice<u8>),
+}
 
 /// The CUDA backend on one GPU.
 pub struct CudaBackend {
@@ -50,6 +58,23 @@ impl Tensor<CudaBackend> {
     }
 }
 
+impl CacheTensor<CudaBackend> {
+    pub fn storage(&self) -> &CudaCache {
+        &self.buf
+    }
+
+    /// The cache as the decode and indexer launchers read it.
+    pub fn view(&self) -> Result<CacheView<'_>> {
+        match (&self.buf, self.format) {
+            (CudaCache::F32(b), CacheFormat::F32 { .. }) => Ok(CacheView::F32(b)),
+            (CudaCache::Bytes(b), CacheFormat::Bf16 { cols }) => Ok(CacheView::Bf16(b, cols)),
+            (CudaCache::Bytes(b), CacheFormat::Fp8Latent(l)) => Ok(CacheView::Latent(b, l)),
+            (CudaCache::Bytes(b), CacheFormat::Fp8Index(ix)) => Ok(CacheView::Index(b, ix)),
+            _ => Err(Error::Input(format!("a cache's storage does not match its format {:?}", self.format))),
+        }
+    }
+}
+
 impl IntTensor<CudaBackend> {
     /// The device buffer: its first `rows * cols` values are the tensor's.
     pub fn buf(&self) -> &CudaSlice<i32> {
@@ -60,6 +85,7 @@ impl IntTensor<CudaBackend> {
 impl Backend for CudaBackend {
     type Buf = CudaSlice<f32>;
     type Ints = CudaSlice<i32>;
+    type Cache = CudaCache;
     type Linear = CudaLinear;
     type Experts = CudaExperts;
 
@@ -70,10 +96,6 @@ impl Backend for CudaBackend {
     /// Kernels queue on the device's stream from the calling thread; nothing to set up.
     fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
         step()
-    }
-
-    fn elem_bytes(&self) -> usize {
-        std::mem::size_of::<f32>()
     }
 
     /// The device's free memory (`cuMemGetInfo`), after the weights are loaded.
@@ -247,22 +269,74 @@ impl Backend for CudaBackend {
         Ok(ids)
     }
 
-    fn kv_store(
-        &self,
-        cache: &mut Tensor<Self>,
-        slots: &[u32],
-        src: &Tensor<Self>,
-        src_col: usize,
-        dst_col: usize,
-        n: usize,
-    ) -> Result<()> {
-        check::rows_per_slot(src, slots.len(), "kv_store")?;
-        self.dev.kv_store(&mut cache.buf, cache.rows, cache.cols, slots, &src.buf, src.cols, src_col, dst_col, n)
+    fn cache_zeros(&self, format: CacheFormat, rows: usize) -> Result<CacheTensor<Self>> {
+        // The driver allocates no empty buffers.
+        let buf = match format {
+            CacheFormat::F32 { cols } => CudaCache::F32(self.dev.zeros(product(rows, cols, "cache_zeros")?.max(1))?),
+            _ => CudaCache::Bytes(self.dev.zeros(format.bytes(rows)?.max(1))?),
+        };
+        Ok(CacheTensor { buf, format, rows })
     }
 
-    fn kv_gather(&self, cache: &Tensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()> {
-        check::rows_per_slot(dst, slots.len(), "kv_gather")?;
-        self.dev.kv_gather(&cache.buf, cache.rows, cache.cols, slots, col, &mut dst.buf, dst.cols)
+    fn cache_read(&self, cache: &CacheTensor<Self>) -> Result<Vec<u8>> {
+        let len = cache.format.bytes(cache.rows)?;
+        Ok(match &cache.buf {
+            CudaCache::F32(b) => {
+                let mut v = vec![0.0f32; len / 4];
+                self.dev.read(b, &mut v)?;
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            }
+            CudaCache::Bytes(b) => {
+                let mut v = vec![0u8; len];
+                self.dev.read(b, &mut v)?;
+                v
+            }
+        })
+    }
+
+    fn cache_write(&self, cache: &mut CacheTensor<Self>, bytes: &[u8]) -> Result<()> {
+        let len = cache.format.bytes(cache.rows)?;
+        ensure_shape(bytes.len() == len, "cache_write", || format!("{} bytes into a cache of {len}", bytes.len()))?;
+        match &mut cache.buf {
+            CudaCache::F32(b) => {
+                let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                self.dev.write(b, &v)
+            }
+            CudaCache::Bytes(b) => self.dev.write(b, bytes),
+        }
+    }
+
+    fn kv_store(
+        &self,
+        cache: &mut CacheTensor<Self>,
+        slots: &[u32],
+        head: &Tensor<Self>,
+        tail: Option<(&Tensor<Self>, usize)>,
+    ) -> Result<()> {
+        let rest = check::kv_store(cache, slots, head, tail)?;
+        let (rows, format) = (cache.rows, cache.format);
+        match &mut cache.buf {
+            CudaCache::F32(b) => {
+                let cols = format.cols();
+                self.dev.kv_store(b, rows, cols, slots, &head.buf, head.cols, 0, 0, head.cols)?;
+                match tail {
+                    Some((t, col)) => self.dev.kv_store(b, rows, cols, slots, &t.buf, t.cols, col, head.cols, rest),
+                    None => Ok(()),
+                }
+            }
+            CudaCache::Bytes(b) => {
+                let tail = tail.map(|(t, col)| (&t.buf, t.cols, col));
+                self.dev.kv_pack(b, format, rows, slots, &head.buf, head.cols, tail)
+            }
+        }
+    }
+
+    fn kv_gather(&self, cache: &CacheTensor<Self>, slots: &[u32], col: usize, dst: &mut Tensor<Self>) -> Result<()> {
+        check::kv_gather(cache, slots, col, dst)?;
+        match &cache.buf {
+            CudaCache::F32(b) => self.dev.kv_gather(b, cache.rows, cache.cols(), slots, col, &mut dst.buf, dst.cols),
+            CudaCache::Bytes(b) => self.dev.kv_unpack(b, cache.format, cache.rows, slots, col, &mut dst.buf, dst.cols),
+        }
     }
 
     fn absorb_q(&self, q: &Tensor<Self>, kv_b: &CudaLinear, dims: MlaDims, out: &mut Tensor<Self>) -> Result<()> {
@@ -273,7 +347,7 @@ impl Backend for CudaBackend {
     fn mla_decode(
         &self,
         q_lat: &Tensor<Self>,
-        cache: &Tensor<Self>,
+        cache: &CacheTensor<Self>,
         queries: Queries,
         pages: Pages,
         topk: Option<&IntTensor<Self>>,
@@ -286,7 +360,7 @@ impl Backend for CudaBackend {
         self.dev.mla_decode(
             &q_lat.buf,
             q_lat.rows,
-            &cache.buf,
+            cache.view()?,
             cache.rows,
             queries,
             pages,
@@ -323,7 +397,7 @@ impl Backend for CudaBackend {
         q: &Tensor<Self>,
         weights: &Tensor<Self>,
         weight_scale: f32,
-        cache: &Tensor<Self>,
+        cache: &CacheTensor<Self>,
         queries: Queries,
         pages: Pages,
         out: &mut IntTensor<Self>,
@@ -335,9 +409,9 @@ impl Backend for CudaBackend {
             &weights.buf,
             weights.cols,
             weight_scale,
-            &cache.buf,
+            cache.view()?,
             cache.rows,
-            cache.cols,
+            cache.cols(),
             queries,
             pages,
             &mut out.buf,

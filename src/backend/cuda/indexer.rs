@@ -15,12 +15,13 @@
 
 use cudarc::driver::CudaSlice;
 
+use super::kv_pack::CacheView;
 use super::params::{
-    IndexerParams, FLASHSEEK_INDEXER_MAX_DIM, FLASHSEEK_INDEXER_POSITIONS, FLASHSEEK_INDEXER_THREADS,
-    FLASHSEEK_INDEXER_TOPK_THREADS,
+    IndexerParams, FLASHSEEK_CACHE_BF16, FLASHSEEK_CACHE_F32, FLASHSEEK_CACHE_FP8, FLASHSEEK_INDEXER_MAX_DIM,
+    FLASHSEEK_INDEXER_POSITIONS, FLASHSEEK_INDEXER_THREADS, FLASHSEEK_INDEXER_TOPK_THREADS,
 };
 use super::{grid, product, to_u32, CudaDevice};
-use crate::backend::{Pages, Queries};
+use crate::backend::{CacheFormat, Pages, Queries};
 use crate::error::{ensure_shape, Error, Result};
 
 /// f32 values of the scores workspace (64 MiB): query rows are scored in chunks that fit it, at
@@ -52,21 +53,22 @@ fn check_pages(queries: Queries, pages: Pages, cache_rows: usize) -> Result<()> 
 impl CudaDevice {
     /// The CPU backend's `indexer_topk`: for each of the `rows` query rows (`q` `[rows, heads *
     /// dim]`, `weights` `[rows, heads]`), `score(t) = Σ_h weights[h]·weight_scale · ReLU(q_h ·
-    /// k_t)` over the cached keys (`cache` `[cache_rows, dim]`, reached through `pages`) of
+    /// k_t)` over the cached keys (`cache` `[cache_rows, dim]` of f32 or bf16, or the FP8 index
+    /// layout of `dim`, decoded on load; reached through `pages`) of
     /// positions `0..=pos` of its sequence (`queries`), and into `out` `[rows, k]` the `k` best
     /// positions, ascending, ties to the earlier position, `-1` padding rows with fewer than `k`
     /// positions. `dim` is at most 128 (DeepSeek-V3.2's `index_head_dim`); positions below
     /// 2^31 - 1. A position without a cache page is an error, checked before anything is queued.
     // The Backend trait method's arguments, plus the dims of each buffer.
     #[allow(clippy::too_many_arguments)]
-    pub fn indexer_topk(
+    pub fn indexer_topk<'c>(
         &self,
         q: &CudaSlice<f32>,
         rows: usize,
         weights: &CudaSlice<f32>,
         heads: usize,
         weight_scale: f32,
-        cache: &CudaSlice<f32>,
+        cache: impl Into<CacheView<'c>>,
         cache_rows: usize,
         dim: usize,
         queries: Queries,
@@ -83,7 +85,23 @@ impl CudaDevice {
         })?;
         let (q_ptr, _q) = self.input(q, product(rows, product(heads, dim, OP)?, OP)?, OP, "q")?;
         let (w_ptr, _w) = self.input(weights, product(rows, heads, OP)?, OP, "weights")?;
-        let (cache_ptr, _cache) = self.input(cache, product(cache_rows, dim, OP)?, OP, "cache")?;
+        let (cache_ptr, bytes_ptr, cache_format, _cache) = match cache.into() {
+            CacheView::F32(b) => {
+                let (ptr, guard) = self.input(b, product(cache_rows, dim, OP)?, OP, "cache")?;
+                (ptr, 0, FLASHSEEK_CACHE_F32, guard)
+            }
+            CacheView::Bf16(b, cols) => {
+                ensure_shape(cols == dim, OP, || format!("bf16 cache rows of {cols} for keys of {dim}"))?;
+                let (ptr, guard) = self.input(b, CacheFormat::Bf16 { cols }.bytes(cache_rows)?, OP, "cache")?;
+                (0, ptr, FLASHSEEK_CACHE_BF16, guard)
+            }
+            CacheView::Index(b, ix) => {
+                ensure_shape(ix.dim == dim, OP, || format!("cache {ix:?} for keys of {dim}"))?;
+                let (ptr, guard) = self.input(b, CacheFormat::Fp8Index(ix).bytes(cache_rows)?, OP, "cache")?;
+                (0, ptr, FLASHSEEK_CACHE_FP8, guard)
+            }
+            CacheView::Latent(..) => return Err(Error::shape(OP, "a latent cache holds no index keys".to_string())),
+        };
         let (out_ptr, _out) = self.output(out, product(rows, k, OP)?, OP, "out")?;
         // As the CPU: no rows is no work; a block size of 0 is an error even for k = 0.
         if rows == 0 {
@@ -137,6 +155,8 @@ impl CudaDevice {
             block_size,
             k: p_k,
             weight_scale,
+            cache_bytes: bytes_ptr as *const u8,
+            cache_format,
         };
 
         if scored < rows {
@@ -171,7 +191,8 @@ impl CudaDevice {
             // i * heads + [0, heads), pos[i] and seq[i] (checked or uploaded above). Row i reads
             // positions t <= pos[i] of sequence seq[i], each through starts[seq] and blocks[starts
             // [seq] + t / block_size] into cache row slot < cache_rows, values slot * dim + [0,
-            // dim) (check_pages checked every such t). Entry r writes and reads the workspace at
+            // dim), or that row's bf16 values or FP8 codes and scales in cache_rows rows (check_pages
+            // checked every such t). Entry r writes and reads the workspace at
             // r * stride + t, t <= pos[i] < stride, r < n <= chunk, and writes out at i * k +
             // [0, k) (rows * k checked).
             unsafe {

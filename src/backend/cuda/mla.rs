@@ -14,15 +14,17 @@ use std::collections::HashSet;
 use cudarc::driver::{CudaSlice, SyncOnDrop};
 
 use super::gemm::WeightView;
+use super::kv_pack::CacheView;
 use super::params::{
-    KvCopyParams, MlaAbsorbParams, MlaDecodeParams, MlaPrefillParams, FLASHSEEK_KV_COPY_THREADS,
-    FLASHSEEK_MLA_ABSORB_THREADS, FLASHSEEK_MLA_ABSORB_TILE, FLASHSEEK_MLA_COMBINE_THREADS, FLASHSEEK_MLA_DECODE_HEADS,
-    FLASHSEEK_MLA_DECODE_THREADS, FLASHSEEK_MLA_MAX_LATENT, FLASHSEEK_MLA_MAX_SPLITS, FLASHSEEK_MLA_PREFILL_MAX_QK,
-    FLASHSEEK_MLA_PREFILL_MAX_V, FLASHSEEK_MLA_PREFILL_ROWS, FLASHSEEK_MLA_PREFILL_THREADS, FLASHSEEK_MLA_TILE,
-    FLASHSEEK_WEIGHT_BF16, FLASHSEEK_WEIGHT_E4M3, FLASHSEEK_WEIGHT_F16, FLASHSEEK_WEIGHT_F32,
+    KvCopyParams, MlaAbsorbParams, MlaDecodeParams, MlaPrefillParams, FLASHSEEK_CACHE_BF16, FLASHSEEK_CACHE_F32,
+    FLASHSEEK_CACHE_FP8, FLASHSEEK_KV_COPY_THREADS, FLASHSEEK_MLA_ABSORB_THREADS, FLASHSEEK_MLA_ABSORB_TILE,
+    FLASHSEEK_MLA_COMBINE_THREADS, FLASHSEEK_MLA_DECODE_HEADS, FLASHSEEK_MLA_DECODE_THREADS, FLASHSEEK_MLA_MAX_LATENT,
+    FLASHSEEK_MLA_MAX_SPLITS, FLASHSEEK_MLA_PREFILL_MAX_QK, FLASHSEEK_MLA_PREFILL_MAX_V, FLASHSEEK_MLA_PREFILL_ROWS,
+    FLASHSEEK_MLA_PREFILL_THREADS, FLASHSEEK_MLA_TILE, FLASHSEEK_WEIGHT_BF16, FLASHSEEK_WEIGHT_E4M3,
+    FLASHSEEK_WEIGHT_F16, FLASHSEEK_WEIGHT_F32,
 };
 use super::{grid, product, to_u32, CudaDevice, CudaLinear};
-use crate::backend::{MlaDims, Pages, PrefillSeq, Queries};
+use crate::backend::{CacheFormat, MlaDims, Pages, PrefillSeq, Queries};
 use crate::error::{ensure_shape, Error, Result};
 use crate::model::weights::blocks;
 
@@ -36,7 +38,7 @@ const DECODE_TARGET_BLOCKS: usize = 264;
 const DECODE_MIN_CHUNK: usize = 64;
 
 /// Whether columns `col..col + n` lie within rows `width` wide.
-fn fits(col: usize, n: usize, width: usize) -> bool {
+pub(super) fn fits(col: usize, n: usize, width: usize) -> bool {
     col.checked_add(n).is_some_and(|end| end <= width)
 }
 
@@ -49,7 +51,7 @@ fn mla_dims(d: MlaDims, op: &'static str) -> Result<[u32; 5]> {
 }
 
 /// Every slot must address a row of the cache, as the CPU's `kv_store` and `kv_gather` check.
-fn check_slots(slots: &[u32], cache_rows: usize, op: &'static str) -> Result<()> {
+pub(super) fn check_slots(slots: &[u32], cache_rows: usize, op: &'static str) -> Result<()> {
     match slots.iter().find(|&&s| s as usize >= cache_rows) {
         Some(s) => Err(Error::shape(op, format!("slot {s} outside the cache ({cache_rows} rows)"))),
         None => Ok(()),
@@ -59,7 +61,7 @@ fn check_slots(slots: &[u32], cache_rows: usize, op: &'static str) -> Result<()>
 /// `(step row, slot)` pairs for `kv_store`, flattened: for a slot written more than once only
 /// the last row, which is what the CPU's writes in row order leave. No two pairs then share a
 /// slot, so no two blocks write the same place. `slots.len()` fits a u32 (the caller checked).
-fn last_writes(slots: &[u32]) -> Vec<u32> {
+pub(super) fn last_writes(slots: &[u32]) -> Vec<u32> {
     let mut seen = HashSet::with_capacity(slots.len());
     let mut pairs = Vec::with_capacity(2 * slots.len());
     for (i, &s) in slots.iter().enumerate().rev() {
@@ -302,7 +304,9 @@ impl CudaDevice {
     }
 
     /// The CPU's `mla_decode`: absorbed queries `q_lat` (`rows` rows of `heads · latent`) over
-    /// the paged latent `cache` (`cache_rows` rows of `latent = kv_lora + rope`). Query row `i`
+    /// the paged latent `cache` (`cache_rows` rows of `latent = kv_lora + rope`: f32 values, or
+    /// bf16 rows or the FP8 latent layout of those widths, decoded as the tiles are staged).
+    /// Query row `i`
     /// at `queries.pos[i]` of sequence `queries.seq[i]` attends to positions `0..=pos`, or with
     /// `topk` (a buffer of `rows` rows and its width) to the entries `t` of its top-k row with
     /// `0 <= t <= pos` (duplicates count again, -1 is none). Writes per head the
@@ -312,11 +316,11 @@ impl CudaDevice {
     /// only the positions it reads). Latents wider than `FLASHSEEK_MLA_MAX_LATENT` (576, V3.2's
     /// 512 + 64) are refused. Allocates its split workspace for the call.
     #[allow(clippy::too_many_arguments)]
-    pub fn mla_decode(
+    pub fn mla_decode<'c>(
         &self,
         q_lat: &CudaSlice<f32>,
         rows: usize,
-        cache: &CudaSlice<f32>,
+        cache: impl Into<CacheView<'c>>,
         cache_rows: usize,
         queries: Queries,
         pages: Pages,
@@ -336,7 +340,23 @@ impl CudaDevice {
             format!("latent width {lat}: the kernel takes 1 to {FLASHSEEK_MLA_MAX_LATENT}")
         })?;
         let (q_ptr, _q) = self.input(q_lat, product(rows, d.heads * lat, OP)?, OP, "q_lat")?;
-        let (cache_ptr, _cache) = self.input(cache, product(cache_rows, lat, OP)?, OP, "cache")?;
+        let (cache_ptr, bytes_ptr, cache_format, _cache) = match cache.into() {
+            CacheView::F32(b) => {
+                let (ptr, guard) = self.input(b, product(cache_rows, lat, OP)?, OP, "cache")?;
+                (ptr, 0, FLASHSEEK_CACHE_F32, guard)
+            }
+            CacheView::Bf16(b, cols) => {
+                ensure_shape(cols == lat, OP, || format!("bf16 cache rows of {cols} for dims {d:?}"))?;
+                let (ptr, guard) = self.input(b, CacheFormat::Bf16 { cols }.bytes(cache_rows)?, OP, "cache")?;
+                (0, ptr, FLASHSEEK_CACHE_BF16, guard)
+            }
+            CacheView::Latent(b, l) => {
+                ensure_shape(l.nope == d.kv_lora && l.rope == d.rope, OP, || format!("cache {l:?} for dims {d:?}"))?;
+                let (ptr, guard) = self.input(b, CacheFormat::Fp8Latent(l).bytes(cache_rows)?, OP, "cache")?;
+                (0, ptr, FLASHSEEK_CACHE_FP8, guard)
+            }
+            CacheView::Index(..) => return Err(Error::shape(OP, "an index key cache is no latent cache".to_string())),
+        };
         let (out_ptr, _out) = self.output(out, product(rows, d.heads * d.kv_lora, OP)?, OP, "out")?;
         let (topk_ptr, _topk, topk_cols) = match topk {
             Some((t, k)) => {
@@ -394,11 +414,13 @@ impl CudaDevice {
             splits: splits as u32,
             chunk: to_u32(chunk, OP, "keys per split")?,
             scale,
+            cache_bytes: bytes_ptr as *const u8,
+            cache_format,
         };
         // SAFETY: block (row, group, split) reads q_lat row `row` (rows · heads · latent values,
         // checked), top-k row `row` (rows · topk_cols, checked), the uploaded metadata at its
         // layout's offsets, and cache rows that its checks keep below cache_rows (cache_rows ·
-        // latent values, checked); it writes out's row (rows · heads · kv_lora, checked) or its
+        // latent values, or the bf16 or FP8 bytes of cache_rows rows, checked); it writes out's row (rows · heads · kv_lora, checked) or its
         // partials (parts · kv_lora and parts · 3 values allocated above). The combine reads the
         // partials and writes out alike. cudarc frees the uploads and workspaces on the stream,
         // after the kernels.

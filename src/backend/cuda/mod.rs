@@ -16,6 +16,7 @@ mod fp8_gemm;
 mod gemm;
 mod indexer;
 mod indexer_fast;
+mod kv_pack;
 mod mla;
 mod mla_fast;
 mod moe;
@@ -26,8 +27,10 @@ mod rope;
 use std::sync::Arc;
 
 pub use backend::CudaBackend;
+pub use backend::CudaCache;
 pub use gemm::CudaLinear;
 pub use indexer_fast::IndexerFp8Input;
+pub use kv_pack::CacheView;
 pub use moe::{CudaExperts, MoeLayout};
 
 use cudarc::driver::{
@@ -59,6 +62,7 @@ unsafe impl DeviceRepr for params::Fp8GemmWgmmaParams {}
 unsafe impl DeviceRepr for params::IndexerParams {}
 unsafe impl DeviceRepr for params::IndexerFp8Params {}
 unsafe impl DeviceRepr for params::KvCopyParams {}
+unsafe impl DeviceRepr for params::KvPackParams {}
 unsafe impl DeviceRepr for params::MlaAbsorbParams {}
 unsafe impl DeviceRepr for params::MlaDecodeParams {}
 unsafe impl DeviceRepr for params::MlaDecodeFp8Params {}
@@ -105,6 +109,8 @@ struct Kernels {
     indexer_logits_fp8: CudaFunction,
     indexer_topk_fp8: CudaFunction,
     kv_copy: CudaFunction,
+    kv_pack: CudaFunction,
+    kv_unpack: CudaFunction,
     absorb_q: CudaFunction,
     absorb_out: CudaFunction,
     mla_decode: CudaFunction,
@@ -188,6 +194,8 @@ impl CudaDevice {
             indexer_logits_fp8: load("indexer_logits_fp8")?,
             indexer_topk_fp8: load("indexer_topk_fp8")?,
             kv_copy: load("kv_copy")?,
+            kv_pack: load("kv_pack")?,
+            kv_unpack: load("kv_unpack")?,
             absorb_q: load("absorb_q")?,
             absorb_out: load("absorb_out")?,
             mla_decode: load("mla_decode")?,
