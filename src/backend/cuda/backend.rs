@@ -9,12 +9,13 @@
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
-use super::{product, CacheView, CudaDevice, CudaExperts, CudaLinear};
+use super::{product, CacheView, CudaDevice, CudaExperts, CudaLinear, IndexerFp8Input};
 use crate::backend::{
     check, Backend, CacheFormat, HeadCols, HostExpert, MlaDims, Pages, PrefillSeq, Queries, RopeLayout, RouterParams,
 };
 use crate::error::{ensure_shape, Error, Result};
 use crate::fp8::ScaleFmt;
+use crate::kv_layout::PAGE;
 use crate::model::weights::{HostLinear, HostTensor};
 use crate::tensor::{CacheTensor, IntTensor, Tensor};
 
@@ -357,6 +358,23 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check::mla_decode(q_lat, cache, topk, dims, out)?;
         let topk = topk.map(|t| (&t.buf, t.cols));
+        if let CacheView::Latent(bytes, layout) = cache.view()? {
+            if CudaDevice::mla_decode_fp8_supports(layout, dims) {
+                return self.dev.mla_decode_fp8(
+                    &q_lat.buf,
+                    q_lat.rows,
+                    bytes,
+                    layout,
+                    cache.rows,
+                    queries,
+                    pages,
+                    topk,
+                    scale,
+                    dims,
+                    &mut out.buf,
+                );
+            }
+        }
         self.dev.mla_decode(
             &q_lat.buf,
             q_lat.rows,
@@ -403,6 +421,32 @@ impl Backend for CudaBackend {
         out: &mut IntTensor<Self>,
     ) -> Result<()> {
         check::indexer_topk(q, weights, cache, out)?;
+        if let CacheView::Index(bytes, layout) = cache.view()? {
+            let heads = weights.cols;
+            if CudaDevice::indexer_fp8_supports(layout, heads, pages.block_size) {
+                // The model rounded q through e4m3 with the cache's scale format (the FP8 cache
+                // turns the indexer's FP8 path on); quantizing it again with that format gives
+                // back its codes and scales, which the tensor cores take.
+                let head_rows = product(q.rows, heads, "indexer_topk")?;
+                let mut codes = self.dev.zeros::<u8>(product(head_rows, layout.dim, "indexer_topk")?.max(1))?;
+                let mut scales = self.dev.zeros::<f32>(head_rows.max(1))?;
+                self.dev.act_quant(&q.buf, head_rows, layout.dim, layout.fmt, &mut codes, &mut scales)?;
+                let input = IndexerFp8Input {
+                    q_codes: &codes,
+                    q_scales: &scales,
+                    weights: &weights.buf,
+                    rows: q.rows,
+                    heads,
+                    weight_scale,
+                    cache: bytes,
+                    layout,
+                    cache_pages: cache.rows / PAGE,
+                    queries,
+                    pages,
+                };
+                return self.dev.indexer_topk_fp8(&input, &mut out.buf, out.cols);
+            }
+        }
         self.dev.indexer_topk(
             &q.buf,
             q.rows,

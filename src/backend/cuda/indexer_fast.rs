@@ -103,6 +103,15 @@ impl CudaDevice {
             .map_err(|e| driver("setting indexer_topk_fp8's shared memory", e))
     }
 
+    /// Whether the FP8 indexer kernels take keys of `layout`, `heads` query heads and page tables
+    /// of `block_size` positions. Others go to the simple kernels.
+    pub fn indexer_fp8_supports(layout: IndexFp8, heads: usize, block_size: usize) -> bool {
+        layout.dim == FLASHSEEK_INDEXER_FP8_DIM as usize
+            && heads > 0
+            && heads <= FLASHSEEK_INDEXER_FP8_HEADS as usize
+            && block_size == PAGE
+    }
+
     /// Checks everything an indexer call reads, before anything is queued.
     fn check_fp8_input(&self, x: &IndexerFp8Input, op: &'static str) -> Result<()> {
         let IndexerFp8Input { rows, heads, queries, pages, layout, cache_pages, .. } = *x;

@@ -28,6 +28,12 @@ const ROPE: usize = 64;
 const WAVE: usize = 132;
 
 impl CudaDevice {
+    /// Whether [`CudaDevice::mla_decode_fp8`] takes these shapes: DeepSeek-V3.2's latent (512 +
+    /// 64) in the FP8 layout. Others go to the simple kernel.
+    pub fn mla_decode_fp8_supports(latent: LatentFp8, dims: MlaDims) -> bool {
+        dims.kv_lora == KV_LORA && dims.rope == ROPE && latent == LatentFp8 { nope: KV_LORA, rope: ROPE }
+    }
+
     /// The CPU's `mla_decode` over the FP8 latent cache: absorbed queries `q_lat` (`rows` rows
     /// of `heads · 576`) over `cache`, `slots` tokens of `latent`'s layout (656 bytes). Query row
     /// `i` at `queries.pos[i]` of sequence `queries.seq[i]` attends to positions `0..=pos`, or
@@ -56,11 +62,9 @@ impl CudaDevice {
     ) -> Result<()> {
         const OP: &str = "mla_decode_fp8";
         let d = dims;
-        ensure_shape(
-            d.kv_lora == KV_LORA && d.rope == ROPE && latent == LatentFp8 { nope: KV_LORA, rope: ROPE },
-            OP,
-            || format!("dims {d:?}, cache {latent:?}: the FP8 kernel takes DeepSeek-V3.2's latent (512 + 64) only"),
-        )?;
+        ensure_shape(Self::mla_decode_fp8_supports(latent, d), OP, || {
+            format!("dims {d:?}, cache {latent:?}: the FP8 kernel takes DeepSeek-V3.2's latent (512 + 64) only")
+        })?;
         ensure_shape(queries.pos.len() == rows && queries.seq.len() == rows && pages.block_size > 0, OP, || {
             format!("{rows} rows, {} positions, {} sequences", queries.pos.len(), queries.seq.len())
         })?;
