@@ -1,12 +1,10 @@
 //! The Hopper FP8 GEMM's index math (`csrc/sm90/gemm/fp8_gemm.cuh`) compiled for the host and
 //! checked against independent formulations: the tile scheduler (every tile once, in the
-//! documented raster order, for any grid), the 128B swizzle (a bijection, the hardware's
-//! pattern), the wgmma shared-memory descriptor (bit fields against hand-encoded values of the
-//! PTX ISA's table), the wgmma accumulator fragment map (the ISA's figure, every (row, col) of a
-//! 64xN tile once), the scale addressing, the tile heuristic and shared-memory sizes (against
-//! `flashseek::gemm_tiles`), the mbarrier ring protocol (a simulation of the producer and the
-//! consumer warps under random interleavings), and the kernel's whole data flow run on the host
-//! (TMA boxes, swizzled stages, descriptors, fragments, promotion, epilogue) against a naive GEMM.
+//! documented raster order, for any grid), the scale addressing, the tile heuristic and
+//! shared-memory sizes (against `flashseek::gemm_tiles`), and the kernel's whole data flow run on
+//! the host (TMA boxes, swizzled stages, descriptors, fragments, promotion, epilogue) against a
+//! naive GEMM. The swizzle, descriptor, fragment map and mbarrier ring it builds on are the common
+//! ones, tested in `sm90_layout.rs`.
 //! Needs a C++ compiler (`c++`); skips without one.
 
 mod host_cpp;
@@ -70,119 +68,6 @@ fn scheduler_visits_every_tile_once_in_raster_order() {
         }
     }
     assert_eq!(at, got.len());
-}
-
-/// The 128B swizzle as the PTX ISA and CUDA's TMA documentation draw it: within each 1024-byte
-/// atom of 8 rows of 128 bytes, 16-byte chunk c of row r lands at chunk c XOR r.
-fn swizzle_reference(offset: u32) -> u32 {
-    let row = (offset / 128) % 8;
-    let chunk = (offset / 16) % 8;
-    offset - chunk * 16 + ((chunk ^ row) * 16)
-}
-
-#[test]
-fn swizzle_is_the_hardware_128b_pattern() {
-    let program = format!(
-        "{HEADER}int main() {{\n  for (unsigned o = 0; o < 4096; ++o) std::printf(\"%u \", swizzle_128b(o));\n  for \
-         (unsigned r = 0; r < 128; ++r) for (unsigned c = 0; c < 128; ++c) std::printf(\"%u \", box_offset(r, c));\n}}\n"
-    );
-    let Some(out) = host_cpp::run("gemm_swizzle", &program) else { return };
-    let got = host_cpp::numbers(&out);
-    let (swz, boxes) = got.split_at(4096);
-    for (o, &s) in swz.iter().enumerate() {
-        assert_eq!(s, u64::from(swizzle_reference(o as u32)), "swizzle of {o}");
-    }
-    // A bijection within each atom: it permutes the atom's 16-byte chunks, bytes inside kept.
-    for atom in swz.chunks_exact(1024) {
-        let set: HashSet<u64> = atom.iter().copied().collect();
-        assert_eq!(set.len(), 1024);
-        assert_eq!(atom.iter().min().map(|m| m % 1024), Some(0));
-    }
-    // A box of 128 rows of 128 bytes fills its 16 KB exactly once, row r at bytes r*128 ..
-    // (before the swizzle), so consecutive rows of the matrix are the wgmma's consecutive rows.
-    let set: HashSet<u64> = boxes.iter().copied().collect();
-    assert_eq!(set.len(), 128 * 128);
-    for r in 0..128u32 {
-        for c in 0..128u32 {
-            assert_eq!(boxes[(r * 128 + c) as usize], u64::from(swizzle_reference(r * 128 + c)));
-        }
-    }
-}
-
-#[test]
-fn descriptor_fields_match_the_ptx_isa() {
-    let addrs = [0u32, 0x400, 0x1000, 0x2_0000, 0x3_8400, 0x3_fc00];
-    let mut program = format!("{HEADER}int main() {{\n");
-    for a in addrs {
-        program += &format!(
-            "  for (unsigned ks = 0; ks < 4; ++ks) std::printf(\"%llu \", (unsigned long long)advance_k(smem_descriptor({a}u), \
-             ks));\n"
-        );
-    }
-    program += "}\n";
-    let Some(out) = host_cpp::run("gemm_descriptor", &program) else { return };
-    let got = host_cpp::numbers(&out);
-    // Hand-encoded from the ISA's table for address 0x1000: start 0x1000 >> 4 = 0x100 in bits
-    // 0-13, leading byte offset 1 (unused, CUTLASS's value) in 16-29, stride byte offset
-    // 1024 >> 4 = 0x40 in 32-45, base offset 0 in 49-51, swizzle mode 1 (128B) in 62-63.
-    assert_eq!(got[8], 0x4000_0040_0001_0100);
-    // The third k32 slice starts 64 bytes on: 0x1040 >> 4 = 0x104.
-    assert_eq!(got[10], 0x4000_0040_0001_0104);
-    for (i, a) in addrs.iter().enumerate() {
-        for ks in 0..4u64 {
-            let d = got[i * 4 + ks as usize];
-            assert_eq!(d & 0x3fff, u64::from(a >> 4) + 2 * ks, "start address of {a:#x} slice {ks}");
-            assert_eq!((d >> 14) & 0x3, 0, "reserved bits 14-15");
-            assert_eq!((d >> 16) & 0x3fff, 1, "leading byte offset");
-            assert_eq!((d >> 30) & 0x3, 0, "reserved bits 30-31");
-            assert_eq!((d >> 32) & 0x3fff, 1024 >> 4, "stride byte offset");
-            assert_eq!((d >> 46) & 0x7, 0, "reserved bits 46-48");
-            assert_eq!((d >> 49) & 0x7, 0, "base offset");
-            assert_eq!((d >> 52) & 0x3ff, 0, "reserved bits 52-61");
-            assert_eq!(d >> 62, 1, "swizzle mode 128B");
-        }
-    }
-}
-
-/// The PTX ISA's figure of the wgmma D fragment (m64nNk*, f32): warp w of the warpgroup owns
-/// rows 16w .. 16w + 16; for each 8-column chunk j, lane l holds values 4j and 4j + 1 at row
-/// l / 4, columns 8j + 2 (l % 4) and the next, and values 4j + 2, 4j + 3 eight rows below.
-fn fragment_reference(t: u32, i: u32) -> (u32, u32) {
-    let (warp, lane) = (t / 32, t % 32);
-    let (chunk, within) = (i / 4, i % 4);
-    let row = 16 * warp + lane / 4 + if within >= 2 { 8 } else { 0 };
-    let col = 8 * chunk + 2 * (lane % 4) + within % 2;
-    (row, col)
-}
-
-#[test]
-fn fragment_map_is_the_isa_figure() {
-    let program = format!(
-        "{HEADER}int main() {{\n  for (unsigned t = 0; t < 128; ++t) for (unsigned i = 0; i < 128; ++i) \
-         std::printf(\"%u %u \", frag_row(t, i), frag_col(t, i));\n}}\n"
-    );
-    let Some(out) = host_cpp::run("gemm_fragment", &program) else { return };
-    let got = host_cpp::numbers(&out);
-    for t in 0..128u32 {
-        for i in 0..128u32 {
-            let at = 2 * (t * 128 + i) as usize;
-            assert_eq!((got[at] as u32, got[at + 1] as u32), fragment_reference(t, i), "thread {t} value {i}");
-        }
-    }
-    // For every N the kernels use (and wgmma's largest), the 128 threads' N / 2 values cover
-    // the 64 x N tile exactly once.
-    for n in [64u32, 128, 256] {
-        let mut seen = HashSet::new();
-        for t in 0..128u32 {
-            for i in 0..n / 2 {
-                let at = 2 * (t * 128 + i) as usize;
-                let (r, c) = (got[at] as u32, got[at + 1] as u32);
-                assert!(r < 64 && c < n, "thread {t} value {i}: ({r}, {c}) outside 64x{n}");
-                assert!(seen.insert((r, c)), "({r}, {c}) twice at N = {n}");
-            }
-        }
-        assert_eq!(seen.len() as u32, 64 * n);
-    }
 }
 
 #[test]
@@ -272,96 +157,6 @@ fn heuristic_and_smem_match_the_rust_twin() {
     assert!("m32n32".parse::<GemmTiles>().is_err());
 }
 
-/// The mbarrier ring of fp8_gemm.cu, simulated: a producer thread and `consumers * 4` consumer
-/// warps step in a random order (each step only if its wait would pass), with the header's
-/// stage and parity functions and the kernel's arrival counts. Checks that every consumer reads
-/// each stage holding the k block of its own iteration, that the producer never overwrites a
-/// stage some warp has not released, and that the run never deadlocks.
-const RING_SIM: &str = r#"
-#include "sm90/gemm/fp8_gemm.cuh"
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-using namespace flashseek::fp8_gemm;
-
-// An mbarrier: the phase in progress, its arrivals still expected and its pending tx bytes.
-struct Barrier {
-    unsigned count, pending, phase;
-    long tx;
-    void init(unsigned c) { count = c; pending = c; phase = 0; tx = 0; }
-    // try_wait.parity(p): true once the phase of parity p has completed, i.e. the phase in
-    // progress has the other parity.
-    bool passed(unsigned parity) const { return (phase & 1u) != parity; }
-    void complete_if_done() { if (pending == 0 && tx == 0) { ++phase; pending = count; } }
-    void arrive() { --pending; complete_if_done(); }
-    void arrive_expect_tx(long bytes) { tx += bytes; --pending; complete_if_done(); }
-    void complete_tx(long bytes) { tx -= bytes; complete_if_done(); }
-};
-
-int run(unsigned bm, unsigned bn, unsigned total, unsigned seed) {
-    const unsigned st = stages(bm, bn), warps = consumers(bm) * 4;
-    std::srand(seed);
-    std::vector<Barrier> full(st), empty(st);
-    for (unsigned s = 0; s < st; ++s) { full[s].init(1); empty[s].init(warps); }
-    std::vector<long> content(st, -1);     // the iteration whose k block a stage holds
-    std::vector<unsigned> readers(st, 0);  // warps that read it and have not released it
-    unsigned long long produced = 0;
-    std::vector<unsigned long long> consumed(warps, 0);
-    // A TMA load in flight: lands later, at a random step.
-    std::vector<long> inflight(st, -1);
-    for (unsigned long long steps = 0;; ++steps) {
-        bool done = produced == total;
-        for (unsigned w = 0; w < warps; ++w) done = done && consumed[w] == total;
-        if (done) return 0;
-        if (steps > 100000000ull) { std::printf("deadlock\n"); return 1; }
-        const unsigned who = std::rand() % (warps + 2);
-        if (who == warps) {  // the producer
-            if (produced == total) continue;
-            const unsigned s = ring_stage(produced, st);
-            if (!empty[s].passed(ring_parity(produced, st) ^ 1u)) continue;
-            if (readers[s] != 0 || inflight[s] >= 0) { std::printf("overwrite\n"); return 1; }
-            full[s].arrive_expect_tx(stage_tx_bytes(bm, bn));
-            inflight[s] = (long)produced;
-            ++produced;
-        } else if (who == warps + 1) {  // the copy engine lands one load
-            const unsigned s = std::rand() % st;
-            if (inflight[s] < 0) continue;
-            content[s] = inflight[s];
-            inflight[s] = -1;
-            readers[s] = warps;
-            full[s].complete_tx(stage_tx_bytes(bm, bn));
-        } else {  // consumer warp `who`: wait full, read, release
-            const unsigned long long it = consumed[who];
-            if (it == total) continue;
-            const unsigned s = ring_stage(it, st);
-            if (!full[s].passed(ring_parity(it, st))) continue;
-            if (content[s] != (long)it) { std::printf("stale read\n"); return 1; }
-            --readers[s];
-            empty[s].arrive();
-            ++consumed[who];
-        }
-    }
-}
-
-int main() {
-    int bad = 0;
-    for (unsigned i = 0; i < kNumTiles; ++i) {
-        const Tiles t = tiles_at(i);
-        for (unsigned total : {1u, 3u, 7u, 8u, 9u, 57u, 200u}) {
-            for (unsigned seed = 1; seed <= 20; ++seed) bad += run(t.block_m, t.block_n, total, seed);
-        }
-    }
-    std::printf("%d\n", bad);
-}
-"#;
-
-#[test]
-fn mbarrier_ring_never_races_or_deadlocks() {
-    let Some(out) = host_cpp::run("gemm_ring", RING_SIM) else { return };
-    let text = String::from_utf8_lossy(&out);
-    assert_eq!(text.trim(), "0", "ring simulation failures:\n{text}");
-}
-
 /// The kernel's data flow on the host, for every tile configuration and ragged shapes: the
 /// scheduler's tiles over a few persistent CTAs; per k block, TMA boxes (zero past the edges)
 /// written into the stage's smem at the layout's offsets with the hardware's swizzle; each
@@ -431,8 +226,8 @@ int check(unsigned bm, unsigned bn, unsigned m, unsigned n, unsigned k, unsigned
                             row < n && col < k ? b[(size_t)row * k + col] : 0.0f;
                     }
                 for (unsigned g = 0; g < bm / 64; ++g) {
-                    const unsigned long long da = smem_descriptor(base + a_tile_offset(bm, s) + g * kWgmmaM * kSwizzleRow);
-                    const unsigned long long db = smem_descriptor(base + b_tile_offset(bm, bn, st, s));
+                    const unsigned long long da = k_major_sw128_desc(base + a_tile_offset(bm, s) + g * kWgmmaM * kSwizzleRow);
+                    const unsigned long long db = k_major_sw128_desc(base + b_tile_offset(bm, bn, st, s));
                     for (unsigned th = 0; th < 128; ++th) {
                         float* p = &part[(g * 128 + th) * (bn / 2)];
                         for (unsigned i = 0; i < bn / 2; ++i) {
@@ -441,7 +236,7 @@ int check(unsigned bm, unsigned bn, unsigned m, unsigned n, unsigned k, unsigned
                             float sum = 0.0f;
                             for (unsigned ks = 0; ks < kBlockK / kWgmmaK; ++ks)
                                 for (unsigned kk = 0; kk < kWgmmaK; ++kk)
-                                    sum += hw_read(smem, advance_k(da, ks), r, kk) * hw_read(smem, advance_k(db, ks), c, kk);
+                                    sum += hw_read(smem, desc_advance_k(da, ks), r, kk) * hw_read(smem, desc_advance_k(db, ks), c, kk);
                             p[i] = sum;
                         }
                         // The promotion, as the kernel: scales of the header's rows and tile.
@@ -662,15 +457,15 @@ int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsi
                         const unsigned row = b_row + r, col = kb * 128 + c;
                         smem.at(base + b_tile_offset(64, bn, st, s) + hw_swizzle(r * 128 + c)) = row < E * n && col < k ? w[(size_t)row * k + col] : 0.0f;
                     }
-                const unsigned long long da = smem_descriptor(base + a_tile_offset(64, s));
-                const unsigned long long db = smem_descriptor(base + b_tile_offset(64, bn, st, s));
+                const unsigned long long da = k_major_sw128_desc(base + a_tile_offset(64, s));
+                const unsigned long long db = k_major_sw128_desc(base + b_tile_offset(64, bn, st, s));
                 for (unsigned th = 0; th < 128; ++th) {
                     for (unsigned i = 0; i < bn / 2; ++i) {
                         unsigned r, c;
                         hw_fragment(th, i, r, c);
                         float sum = 0.0f;
                         for (unsigned ks = 0; ks < 4; ++ks)
-                            for (unsigned kk = 0; kk < 32; ++kk) sum += hw_read(smem, advance_k(da, ks), r, kk) * hw_read(smem, advance_k(db, ks), c, kk);
+                            for (unsigned kk = 0; kk < 32; ++kk) sum += hw_read(smem, desc_advance_k(da, ks), r, kk) * hw_read(smem, desc_advance_k(db, ks), c, kk);
                         part[i] = sum;
                     }
                     const unsigned row0 = a_row + frag_row(th, 0), row1 = a_row + frag_row(th, 2);

@@ -1,11 +1,10 @@
 //! The Hopper lightning indexer's index math (`csrc/sm90/indexer/indexer_fast.cuh`) compiled for
-//! the host and checked against independent formulations: the 128-byte swizzle against CUTLASS's
-//! `Swizzle<3, 4, 3>`, the wgmma descriptor against the PTX ISA's field table and its canonical
-//! K-major layout (so the TMA's stores and the wgmma's reads meet), the accumulator map against
-//! the PTX ISA's 64xN D figure, the CTA scheduler by brute force, the top-k's key order against
-//! `f32::total_cmp`, and two emulations of the kernels' data flow built from the header (the
-//! logits through the swizzled tiles, descriptors and fragment maps; the top-k through the
-//! histogram, candidates and bitmaps) against a naive score loop and a sort. Needs a C++ compiler
+//! the host and checked against independent formulations: the shared-memory regions, the CTA
+//! scheduler by brute force, the top-k's key order against `f32::total_cmp`, and two emulations of
+//! the kernels' data flow built from the header (the logits through the swizzled tiles,
+//! descriptors and fragment maps; the top-k through the histogram, candidates and bitmaps)
+//! against a naive score loop and a sort. The swizzle, descriptor, accumulator map and mbarrier
+//! ring it builds on are the common ones, tested in `sm90_layout.rs`. Needs a C++ compiler
 //! (`c++`); skips without one.
 
 mod host_cpp;
@@ -34,79 +33,6 @@ impl Rng {
 
 fn run(name: &str, body: &str) -> Option<Vec<u64>> {
     host_cpp::run(name, &format!("{HEADER}{body}")).map(|out| host_cpp::numbers(&out))
-}
-
-/// CUTLASS's `Swizzle<3, 4, 3>` on a byte offset from a 1024-aligned base: bits 4-6 XOR bits 7-9.
-fn cutlass_swizzle(offset: u64) -> u64 {
-    offset ^ (((offset >> 7) & 7) << 4)
-}
-
-#[test]
-fn swizzle_is_cutlass_128_byte_swizzle_and_a_bijection() {
-    let Some(got) = run(
-        "ix_swizzle",
-        "int main() { for (unsigned r = 0; r < 128; ++r) for (unsigned c = 0; c < 128; ++c) std::printf(\"%u \", \
-         swizzle128(r, c)); }\n",
-    ) else {
-        return;
-    };
-    let mut seen = vec![false; 128 * 128];
-    for (i, &o) in got.iter().enumerate() {
-        assert_eq!(o, cutlass_swizzle(i as u64), "row {} byte {}", i / 128, i % 128);
-        assert!(!std::mem::replace(&mut seen[o as usize], true), "offset {o} twice");
-    }
-    assert_eq!(got.len(), 128 * 128);
-}
-
-/// The descriptor's fields as the PTX ISA's "Matrix Descriptor Format" lists them.
-fn ptx_descriptor(addr: u64) -> u64 {
-    let start = (addr & 0x3ffff) >> 4;
-    let leading = 1u64;
-    let stride = 1024 >> 4;
-    let base_offset = 0u64;
-    let swizzle_128b = 1u64;
-    start | leading << 16 | stride << 32 | base_offset << 49 | swizzle_128b << 62
-}
-
-/// The shared-memory byte a wgmma reads for element (row, byte `b` of the K slice) of a K-major
-/// operand in the 128-byte swizzle, from its descriptor: the canonical layout (8-row groups
-/// `stride` bytes apart, rows 128 bytes apart within one), then the swizzle on the address bits.
-fn wgmma_address(desc: u64, row: u64, b: u64) -> u64 {
-    assert_eq!(desc >> 62, 1, "128-byte swizzle");
-    let start = (desc & 0x3fff) << 4;
-    let stride = ((desc >> 32) & 0x3fff) << 4;
-    cutlass_swizzle(start + row / 8 * stride + row % 8 * 128 + b)
-}
-
-#[test]
-fn descriptors_read_what_the_tma_stored() {
-    // Addresses of the logits kernel's operand tiles (q, each stage's codes) from a 1024-aligned
-    // base inside the 228 KB of shared memory.
-    let Some(got) = run(
-        "ix_desc",
-        "int main() { const unsigned bases[] = {1024, 7168, 64512, 131072}; for (unsigned base : bases) { \
-         std::printf(\"%u %llu \", base + LogitsSmem::q, (unsigned long long)sw128_desc(base + LogitsSmem::q)); \
-         for (unsigned s = 0; s < kStages; ++s) std::printf(\"%u %llu \", base + LogitsSmem::codes(s), (unsigned \
-         long long)sw128_desc(base + LogitsSmem::codes(s))); } }\n",
-    ) else {
-        return;
-    };
-    assert_eq!(got.len(), 4 * 2 * 9);
-    for pair in got.chunks_exact(2) {
-        let (addr, desc) = (pair[0], pair[1]);
-        assert_eq!(addr % 1024, 0, "operand tiles are 1024-aligned");
-        assert_eq!(desc, ptx_descriptor(addr));
-        // Every K step (32 bytes, +2 in the descriptor) of every row of a 128-row operand reads
-        // the bytes the TMA (or the kernel's hand-swizzled stores) put there.
-        for k in 0..4u64 {
-            for row in 0..128u64 {
-                for b in 0..32u64 {
-                    let tma = addr + cutlass_swizzle(row * 128 + 32 * k + b);
-                    assert_eq!(wgmma_address(desc + 2 * k, row, b), tma, "k {k} row {row} byte {b}");
-                }
-            }
-        }
-    }
 }
 
 #[test]
@@ -139,56 +65,6 @@ fn shared_memory_regions_are_aligned_and_disjoint() {
     // The logits kernel's and the top-k's (at 160k positions) fit the 227 KB a CTA may have.
     assert!(rest[3] <= 227 * 1024 && rest[4] <= 227 * 1024);
     assert_eq!(rest[5], rest[6] + 4 * 4, "100 positions take 4 words");
-}
-
-/// The PTX ISA's figure of the wgmma D fragment for 64xN f32 accumulators: warp w of the
-/// warpgroup owns rows 16w..16w+16; in each 8-column block j, lane l holds (l/4, 2(l%4)) and its
-/// right neighbour in registers 4j and 4j+1, and the same 8 rows below in 4j+2 and 4j+3.
-fn ptx_fragment(warp: u64, lane: u64, reg: u64) -> (u64, u64) {
-    let j = reg / 4;
-    let within = reg % 4;
-    (16 * warp + lane / 4 + if within >= 2 { 8 } else { 0 }, 8 * j + 2 * (lane % 4) + within % 2)
-}
-
-#[test]
-fn accumulator_map_is_the_ptx_figure_and_covers_the_tile_once() {
-    let Some(got) = run(
-        "ix_fragment",
-        "int main() { for (unsigned w = 0; w < 4; ++w) for (unsigned l = 0; l < 32; ++l) for (unsigned r = 0; r < \
-         kAccRegs; ++r) std::printf(\"%u %u \", acc_row(w, l, r), acc_col(l, r)); for (unsigned l = 0; l < 32; ++l) \
-         for (unsigned h = 0; h < 2; ++h) for (unsigned jj = 0; jj < kN / 8; ++jj) for (unsigned c = 0; c < 2; ++c) \
-         std::printf(\"%u %u %u \", acc_reg(h, jj, c), acc_row(0, l, acc_reg(h, jj, c)), acc_col(l, acc_reg(h, jj, \
-         c))); std::printf(\"%u %u\", kAccRegs, kN); }\n",
-    ) else {
-        return;
-    };
-    let (regs, n) = (got[got.len() - 2], got[got.len() - 1]);
-    assert_eq!((regs, n), (64, 128), "m64n128 over a warpgroup");
-    let mut seen = vec![0u32; (64 * n) as usize];
-    let mut it = got.chunks_exact(2);
-    for w in 0..4 {
-        for l in 0..32 {
-            for r in 0..regs {
-                let rc = it.next().expect("a fragment entry");
-                assert_eq!((rc[0], rc[1]), ptx_fragment(w, l, r), "warp {w} lane {l} reg {r}");
-                seen[(rc[0] * n + rc[1]) as usize] += 1;
-            }
-        }
-    }
-    assert!(seen.iter().all(|&s| s == 1), "every (row, column) exactly once");
-    let inverse = &got[(4 * 32 * regs * 2) as usize..got.len() - 2];
-    let mut it = inverse.chunks_exact(3);
-    for l in 0..32 {
-        for h in 0..2 {
-            for jj in 0..n / 8 {
-                for c in 0..2 {
-                    let e = it.next().expect("an inverse entry");
-                    assert!(e[0] < regs);
-                    assert_eq!((e[1], e[2]), (l / 4 + 8 * h, 8 * jj + 2 * (l % 4) + c));
-                }
-            }
-        }
-    }
 }
 
 #[test]
@@ -469,20 +345,20 @@ static void logits(const float* e4m3, const unsigned char* cache, const unsigned
         for (unsigned c = 0; c < kDim / 16; ++c)
             for (unsigned b = 0; b < 16; ++b) {
                 const unsigned r = n / kHeads, h = n % kHeads;
-                smem[base + LogitsSmem::q + swizzle128(n, c * 16 + b)] =
+                smem[base + LogitsSmem::q + swizzle_128b(n, c * 16 + b)] =
                     r < n_rows && h < heads ? q[(r * heads + h) * kDim + c * 16 + b] : 0;
             }
     unsigned max_pos = 0;
     for (unsigned r = 0; r < n_rows; ++r) max_pos = pos[r] > max_pos ? pos[r] : max_pos;
     for (unsigned j = 0; j < pages_for(max_pos); ++j) {
-        const unsigned s = j % kStages;
+        const unsigned s = ring_stage(j, kStages);
         const unsigned page = table[j];
         for (unsigned row = 0; row < kKeys; ++row)
             for (unsigned b = 0; b < kDim; ++b)
-                smem[base + LogitsSmem::codes(s) + swizzle128(row, b)] = cache[page_codes(page) + row * kDim + b];
+                smem[base + LogitsSmem::codes(s) + swizzle_128b(row * 128 + b)] = cache[page_codes(page) + row * kDim + b];
         std::memcpy(&smem[base + LogitsSmem::scales(s)], cache + page_scales(page), kPageScaleBytes);
-        const unsigned long long desc_k = sw128_desc(base + LogitsSmem::codes(s));
-        const unsigned long long desc_q = sw128_desc(base + LogitsSmem::q);
+        const unsigned long long desc_k = k_major_sw128_desc(base + LogitsSmem::codes(s));
+        const unsigned long long desc_q = k_major_sw128_desc(base + LogitsSmem::q);
         float v[4][32][2][kGroupRows];
         for (unsigned warp = 0; warp < 4; ++warp)
             for (unsigned lane = 0; lane < 32; ++lane) {
@@ -491,8 +367,8 @@ static void logits(const float* e4m3, const unsigned char* cache, const unsigned
                     float acc = 0.0f;
                     for (unsigned k = 0; k < kKSteps; ++k)
                         for (unsigned b = 0; b < kMmaK; ++b)
-                            acc += e4m3[smem[wgmma_address(desc_k + 2 * k, acc_row(warp, lane, i), b)]] *
-                                   e4m3[smem[wgmma_address(desc_q + 2 * k, acc_col(lane, i), b)]];
+                            acc += e4m3[smem[wgmma_address(desc_advance_k(desc_k, k), frag_row(32 * warp + lane, i), b)]] *
+                                   e4m3[smem[wgmma_address(desc_advance_k(desc_q, k), frag_col(32 * warp + lane, i), b)]];
                     d[i] = acc;
                 }
                 for (unsigned half = 0; half < 2; ++half)
@@ -500,9 +376,9 @@ static void logits(const float* e4m3, const unsigned char* cache, const unsigned
                         float sum = 0.0f;
                         for (unsigned jj = 0; jj < kHeads / 8; ++jj)
                             for (unsigned e = 0; e < 2; ++e) {
-                                const unsigned h = acc_col(lane, acc_reg(0, jj, e));
+                                const unsigned h = frag_col(32 * warp + lane, frag_index(0, jj, e));
                                 const float w = r < n_rows && h < heads ? w_eff[r * heads + h] : 0.0f;
-                                const float x = d[acc_reg(half, r * (kHeads / 8) + jj, e)];
+                                const float x = d[frag_index(half, r * (kHeads / 8) + jj, e)];
                                 sum = std::fma(w, x > 0.0f ? x : 0.0f, sum);
                             }
                         v[warp][lane][half][r] = sum;
@@ -515,7 +391,7 @@ static void logits(const float* e4m3, const unsigned char* cache, const unsigned
                         const unsigned q0 = lane & ~3u;
                         const float a = v[warp][q0][half][r] + v[warp][q0 + 1][half][r];
                         const float c = v[warp][q0 + 2][half][r] + v[warp][q0 + 3][half][r];
-                        const unsigned key = acc_row(warp, lane, 2 * half);
+                        const unsigned key = frag_row(32 * warp + lane, 2 * half);
                         float scale;
                         std::memcpy(&scale, &smem[base + LogitsSmem::scales(s) + 4 * key], 4);
                         const unsigned t = j * kKeys + key;

@@ -1,12 +1,13 @@
 //! The index math of the Hopper MLA decode (`csrc/sm90/mla/decode_fast.cuh`) compiled for the
-//! host and checked against independent formulations: the 128-byte swizzle against CuTe's
-//! Swizzle<3,4,3>, the grid's (item, head group) map, every wgmma descriptor of the kernel decoded by the PTX ISA's canonical
-//! layouts down to the element it reaches, the accumulator fragment against the PTX ISA's
-//! figure, the producer's lane map (every byte of a tile written once, from the right source
-//! byte), the mbarrier parities under random schedules, page and top-k addressing against
-//! `Pages`, and the kernel's data flow (tiles, the two warpgroups' maxima, online softmax, bf16
-//! rounding, splits and their combine) emulated over a `decode_plan` against exact attention.
-//! Needs a C++ compiler (`c++`); skips without one. Runs without a GPU.
+//! host and checked against independent formulations: the chunked tile layout against CuTe's
+//! Swizzle<3,4,3>, the grid's (item, head group) map, every wgmma descriptor of the kernel decoded
+//! by the PTX ISA's canonical layouts down to the element it reaches, the producer's lane map
+//! (every byte of a tile written once, from the right source byte), page and top-k addressing
+//! against `Pages`, and the kernel's data flow (tiles, the two warpgroups' maxima, online softmax,
+//! bf16 rounding, splits and their combine) emulated over a `decode_plan` against exact attention.
+//! The swizzle, descriptor encoding, accumulator fragment and mbarrier ring it builds on are the
+//! common ones, tested in `sm90_layout.rs`. Needs a C++ compiler (`c++`); skips without one. Runs
+//! without a GPU.
 
 mod host_cpp;
 mod mla_bound;
@@ -36,23 +37,12 @@ fn element(region: u64, row: u64, col: u64) -> u64 {
 }
 
 #[test]
-fn swizzle_is_cutes_and_the_tile_layout_a_bijection() {
+fn tile_layout_is_chunked_cute_swizzle_and_a_bijection() {
     let src = program(
-        "  for (uint32_t r = 0; r < 64; ++r) for (uint32_t b = 0; b < 128; ++b) std::printf(\"%u \", sw128(r, b));\n  \
-         for (uint32_t r = 0; r < 64; ++r) for (uint32_t c = 0; c < 576; ++c) std::printf(\"%u \", tile_offset(r, c));",
+        "  for (uint32_t r = 0; r < 64; ++r) for (uint32_t c = 0; c < 576; ++c) std::printf(\"%u \", tile_offset(r, c));",
     );
     let Some(out) = host_cpp::run("mla_swizzle", &src) else { return };
-    let got = host_cpp::numbers(&out);
-    let (sw, tile) = got.split_at(64 * 128);
-    let mut seen = HashSet::new();
-    for r in 0..64u64 {
-        for b in 0..128u64 {
-            let v = sw[(r * 128 + b) as usize];
-            assert_eq!(v, cute_sw128(r * 128 + b), "row {r} byte {b}");
-            assert!(seen.insert(v));
-        }
-    }
-    assert_eq!(seen.len(), 8192);
+    let tile = host_cpp::numbers(&out);
     let mut seen = HashSet::new();
     for r in 0..64u64 {
         for c in 0..576u64 {
@@ -103,18 +93,15 @@ fn mn_major(d: &Desc, k: u64, mn: u64) -> u64 {
 fn descriptors_reach_the_intended_elements() {
     let mut body = String::from(
         "  std::printf(\"%u %u %u %u %u \", Smem::q, Smem::k(0), Smem::k(1), Smem::p, Smem::bytes);\n  for (uint32_t s \
-         = 0; s < kQkSteps; ++s) std::printf(\"%llu \", (unsigned long long)make_desc(qk_a(s), kKMajorLbo, \
-         kGroupBytes, kSwizzle128));\n",
+         = 0; s < kQkSteps; ++s) std::printf(\"%llu \", (unsigned long long)k_major_sw128_desc(qk_a(s)));\n",
     );
     body +=
         "  for (int st = 0; st < 2; ++st) for (uint32_t g = 0; g < 2; ++g) for (uint32_t s = 0; s < kQkSteps; ++s) \
-             std::printf(\"%llu \", (unsigned long long)make_desc(qk_b(st, g, s), kKMajorLbo, kGroupBytes, \
-             kSwizzle128));\n";
-    body += "  for (uint32_t s = 0; s < kPvSteps; ++s) std::printf(\"%llu \", (unsigned long long)make_desc(pv_a(s), \
-             kKMajorLbo, kGroupBytes, kSwizzle128));\n";
+             std::printf(\"%llu \", (unsigned long long)k_major_sw128_desc(qk_b(st, g, s)));\n";
+    body += "  for (uint32_t s = 0; s < kPvSteps; ++s) std::printf(\"%llu \", (unsigned long long)k_major_sw128_desc(pv_a(s)));\n";
     body +=
         "  for (int st = 0; st < 2; ++st) for (uint32_t g = 0; g < 2; ++g) for (uint32_t s = 0; s < kPvSteps; ++s) \
-             std::printf(\"%llu \", (unsigned long long)make_desc(pv_b(st, g, s), kVLbo, kVSbo, kSwizzle128));\n";
+             std::printf(\"%llu \", (unsigned long long)smem_desc(pv_b(st, g, s), kVLbo, kVSbo, kSwizzle128B));\n";
     let Some(out) = host_cpp::run("mla_descriptors", &program(&body)) else { return };
     let got = host_cpp::numbers(&out);
     let (q, k, p, bytes) = (got[0], [got[1], got[2]], got[3], got[4]);
@@ -166,36 +153,6 @@ fn descriptors_reach_the_intended_elements() {
         }
     }
     assert!(d.next().is_none());
-}
-
-/// The f32 accumulator of wgmma.m64nNk16 as the PTX ISA draws it: warp w owns rows 16w..16w+15,
-/// and each 8-column block repeats mma.m16n8's C fragment (lane l: group l / 4, pair 2(l % 4);
-/// values 0, 1 in row group, 2, 3 in row group + 8).
-#[test]
-fn accumulator_fragment_is_the_ptx_figure() {
-    let src = program(
-        "  for (uint32_t t = 0; t < 128; ++t) for (uint32_t i = 0; i < 128; ++i) std::printf(\"%u %u \", \
-         frag_row(t, i), frag_col(t, i));",
-    );
-    let Some(out) = host_cpp::run("mla_fragment", &src) else { return };
-    let got = host_cpp::numbers(&out);
-    for n in [32u64, 256] {
-        let mut seen = HashSet::new();
-        for t in 0..128u64 {
-            for i in 0..n / 2 {
-                let at = 2 * (t * 128 + i) as usize;
-                let (row, col) = (got[at], got[at + 1]);
-                let (warp, lane) = (t / 32, t % 32);
-                let block = i / 4;
-                let within = i % 4;
-                let want_row = 16 * warp + lane / 4 + if within >= 2 { 8 } else { 0 };
-                let want_col = 8 * block + 2 * (lane % 4) + within % 2;
-                assert_eq!((row, col), (want_row, want_col), "thread {t} value {i}");
-                assert!(row < 64 && col < n && seen.insert((row, col)));
-            }
-        }
-        assert_eq!(seen.len() as u64, 64 * n);
-    }
 }
 
 /// The grid: items x head groups, every (item, group of 64 heads) exactly once, for head counts
@@ -259,64 +216,6 @@ fn producer_writes_every_tile_byte_once_from_its_source() {
         }
     }
     assert!(count.iter().all(|&c| c == 1), "a tile value written {:?} times", count.iter().find(|&&c| c != 1));
-}
-
-/// The two-stage pipeline under random schedules of one producer and the consumers, with the
-/// mbarrier's rule (a wait on parity x passes once the barrier's current phase has parity other
-/// than x, i.e. the last phase of parity x is complete): no tile is read before it is written or
-/// after it is overwritten, none is overwritten before it is released, and it never stalls.
-#[test]
-fn pipeline_parities_order_every_schedule() {
-    let src = program(
-        "  for (uint32_t it = 0; it < 64; ++it) std::printf(\"%d %u %u \", stage_of(it), full_parity(it), \
-         empty_parity(it));",
-    );
-    let Some(out) = host_cpp::run("mla_pipeline", &src) else { return };
-    let got = host_cpp::numbers(&out);
-    let at = |it: usize| (got[3 * it] as usize, got[3 * it + 1], got[3 * it + 2]);
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for tiles in [1usize, 2, 3, 7, 64] {
-        for _ in 0..200 {
-            // Completed phases per barrier, the tile each stage holds (None while free).
-            let (mut full, mut empty) = ([0u64; 2], [0u64; 2]);
-            let mut held: [Option<usize>; 2] = [None, None];
-            let (mut made, mut used) = (0usize, 0usize);
-            while used < tiles {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let producer = seed & 1 == 0;
-                let mut moved = false;
-                if producer && made < tiles {
-                    let (s, _, pe) = at(made);
-                    if empty[s] % 2 != pe {
-                        assert!(held[s].is_none(), "tile {made} overwrites tile {:?}", held[s]);
-                        held[s] = Some(made);
-                        full[s] += 1;
-                        made += 1;
-                        moved = true;
-                    }
-                } else if !producer {
-                    let (s, pf, _) = at(used);
-                    if full[s] % 2 != pf {
-                        assert_eq!(held[s], Some(used), "tile {used} read from stage {s}");
-                        held[s] = None;
-                        empty[s] += 1;
-                        used += 1;
-                        moved = true;
-                    }
-                }
-                // Neither may wait forever: if this one is blocked, the other can move.
-                if !moved {
-                    let (s, _, pe) = at(made.min(63));
-                    let producer_ready = made < tiles && empty[s] % 2 != pe;
-                    let (s, pf, _) = at(used);
-                    let consumer_ready = full[s] % 2 != pf;
-                    assert!(producer_ready || consumer_ready, "stalled at made {made}, used {used}");
-                }
-            }
-        }
-    }
 }
 
 /// position_slot and entry_position against `Pages::slot` and the CPU's candidate rule, over

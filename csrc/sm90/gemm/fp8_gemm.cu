@@ -20,10 +20,12 @@
 // tiles of 64 padded rows of one expert each (moe.cu's sort and permute), B the expert's rows of
 // the stack of all experts, out rows the padded rows or, scattered, the assignments they hold.
 //
-// All index math (layout, descriptors, fragment map, scales, scheduler, the grouped layout) is in
-// fp8_gemm.cuh, tested on the host by tests/gemm_index_math.rs.
+// All index math (layout, scales, scheduler, the grouped layout) is in fp8_gemm.cuh, tested on the
+// host by tests/gemm_index_math.rs; the swizzle, descriptors, fragment map and ring are the common
+// ones (../../common/sm90_layout.cuh, tests/sm90_layout.rs).
 #include "flashseek/params.h"
 #include "fp8_gemm.cuh"
+#include "../../common/wgmma.cuh"
 #include "../../common/wgmma_tma.cuh"
 
 namespace {
@@ -120,7 +122,7 @@ __device__ __forceinline__ void producer(uint32_t base, const CUtensorMap* map_a
             const uint32_t s = ring_stage(it, kStages);
             // The first pass finds every stage free: parity 1 is the phase before a fresh
             // barrier's first.
-            mbarrier_wait(base + empty_barrier_offset(BM, BN, kStages, s), ring_parity(it, kStages) ^ 1u);
+            mbarrier_wait(base + empty_barrier_offset(BM, BN, kStages, s), ring_empty_parity(it, kStages));
             const uint32_t full = base + full_barrier_offset(BM, BN, kStages, s);
             mbarrier_arrive_expect_tx(full, stage_tx_bytes(BM, BN));
             tma_load_2d(base + a_tile_offset(BM, s), map_a, full, box_k(kb), static_cast<int32_t>(spot.a_row));
@@ -168,23 +170,17 @@ __device__ __forceinline__ void consumer(uint32_t base, const Problem& prob, con
             const float sa1 = out1 != kNoRow ? __ldg(a_scales + a_scale_index(row1, kb, k_blocks)) : 0.0f;
             const float sb = __ldg(b_scales + b_scale_index(spot.n_block, BN, kb, k_blocks));
             mbarrier_wait(base + full_barrier_offset(BM, BN, kStages, s), ring_parity(it, kStages));
-            const uint64_t desc_a = smem_descriptor(base + a_tile_offset(BM, s) + row_in_tile * kSwizzleRow);
-            const uint64_t desc_b = smem_descriptor(base + b_tile_offset(BM, BN, kStages, s));
-#pragma unroll
-            for (uint32_t i = 0; i < kRegs; ++i) {
-                fence_operand(part[i]);
-            }
+            const uint64_t desc_a = k_major_sw128_desc(base + a_tile_offset(BM, s) + row_in_tile * kSwizzleRow);
+            const uint64_t desc_b = k_major_sw128_desc(base + b_tile_offset(BM, BN, kStages, s));
+            fence_operand(part);
             wgmma_fence();
 #pragma unroll
             for (uint32_t ks = 0; ks < kBlockK / kWgmmaK; ++ks) {
-                wgmma_k32<BN>(part, advance_k(desc_a, ks), advance_k(desc_b, ks), ks == 0 ? 0u : 1u);
+                wgmma_k32<BN>(part, desc_advance_k(desc_a, ks), desc_advance_k(desc_b, ks), ks == 0 ? 0u : 1u);
             }
-            wgmma_commit();
-            wgmma_wait_all();
-#pragma unroll
-            for (uint32_t i = 0; i < kRegs; ++i) {
-                fence_operand(part[i]);
-            }
+            wgmma_commit_group();
+            wgmma_wait_group<0>();
+            fence_operand(part);
             // This warp's wgmma reads of the stage are complete: one arrival per consumer warp.
             if (lane == 0) {
                 mbarrier_arrive(base + empty_barrier_offset(BM, BN, kStages, s));
@@ -229,13 +225,14 @@ __device__ __forceinline__ void fp8_gemm(const CUtensorMap* map_a, const CUtenso
     const uint32_t base = (smem_addr(smem) + kSwizzleAtom - 1) & ~(kSwizzleAtom - 1);
 
     if (threadIdx.x == 0) {
-        prefetch_tensor_map(map_a);
-        prefetch_tensor_map(map_b);
+        prefetch_tensormap(map_a);
+        prefetch_tensormap(map_b);
         for (uint32_t s = 0; s < kStages; ++s) {
             mbarrier_init(base + full_barrier_offset(BM, BN, kStages, s), 1);
             mbarrier_init(base + empty_barrier_offset(BM, BN, kStages, s), consumers(BM) * kWarpsPerGroup);
         }
-        fence_barrier_init();
+        fence_mbarrier_init();
+        fence_proxy_async_shared_cta();
     }
     __syncthreads();
 

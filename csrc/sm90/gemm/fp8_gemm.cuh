@@ -1,8 +1,9 @@
 // Index math of the Hopper FP8 block-scaled GEMM (fp8_gemm.cu): tile shapes and their choice, the
-// persistent tile scheduler, the shared-memory layout, the 128B swizzle, the wgmma shared-memory
-// matrix descriptor, the wgmma accumulator fragment map and the block-scale addressing. Host and
-// device: tests/gemm_index_math.rs compiles this header on the host and checks every function
-// against an independent formulation (and runs the kernel's whole data flow on the host).
+// persistent tile scheduler, the shared-memory layout and the block-scale addressing, on the
+// common Hopper layout (../../common/sm90_layout.cuh: 128B swizzle, wgmma descriptor, fragment
+// map, mbarrier ring). Host and device: tests/gemm_index_math.rs compiles this header on the host
+// and checks every function against an independent formulation (and runs the kernel's whole
+// data flow on the host).
 //
 // out[m, n] = sum over 128-wide k blocks kb of (sum_{k in kb} a8[m, k] * b8[n, k]) * sa[m, kb] *
 // sb[n / 128, kb], with a8 [m, k] and b8 [n, k] e4m3 codes (row-major, so both K-major), sa
@@ -12,9 +13,22 @@
 #include <stdint.h>
 
 #include "../../common/host_device.cuh"
+#include "../../common/sm90_layout.cuh"
 
 namespace flashseek {
 namespace fp8_gemm {
+
+using sm90::desc_advance_k;
+using sm90::frag_col;
+using sm90::frag_row;
+using sm90::k_major_sw128_desc;
+using sm90::kSwizzleAtom;
+using sm90::kSwizzleRow;
+using sm90::kWarpgroup;
+using sm90::ring_empty_parity;
+using sm90::ring_parity;
+using sm90::ring_stage;
+using sm90::swizzle_128b;
 
 // k per pipeline stage: one scale block, and 128 e4m3 bytes, the span of the 128B swizzle.
 constexpr uint32_t kBlockK = 128;
@@ -23,10 +37,7 @@ constexpr uint32_t kScaleBlock = 128;
 // One wgmma instruction: m64nNk32 for e4m3 (32 bytes of k).
 constexpr uint32_t kWgmmaM = 64;
 constexpr uint32_t kWgmmaK = 32;
-constexpr uint32_t kWarpgroup = 128;
-// The 128B swizzle repeats every 8 rows of 128 bytes; tiles start on such an atom.
-constexpr uint32_t kSwizzleRow = 128;
-constexpr uint32_t kSwizzleAtom = 8 * kSwizzleRow;
+static_assert(kWgmmaK == sm90::kWgmmaKBytes, "a k32 step is 32 one-byte e4m3 values");
 // Dynamic shared memory one block may opt into on H100 and H200 (227 KB).
 constexpr uint32_t kSmemLimit = 232448;
 constexpr uint32_t kMaxStages = 8;
@@ -158,49 +169,6 @@ FLASHSEEK_HOST_DEVICE inline Tiles choose(uint32_t m, uint32_t n, uint32_t sm_co
     return best;
 }
 
-// The 128B swizzle of a byte offset from a 1024-aligned base, as TMA writes a box and wgmma reads
-// it (CUTLASS's Swizzle<3, 4, 3>): the 16-byte chunk index (bits 4..6) XOR the row within the
-// 8-row atom (bits 7..9).
-FLASHSEEK_HOST_DEVICE constexpr uint32_t swizzle_128b(uint32_t offset) {
-    return offset ^ (((offset >> 7) & 7u) << 4);
-}
-
-// The smem byte offset (from the tile's 1024-aligned start) where TMA puts byte `col` of row
-// `row` of a [rows][128]-byte box with 128B swizzle.
-FLASHSEEK_HOST_DEVICE constexpr uint32_t box_offset(uint32_t row, uint32_t col) {
-    return swizzle_128b(row * kSwizzleRow + col);
-}
-
-// The wgmma shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format" of
-// warpgroup-level MMA): bits 0-13 start address >> 4, 16-29 leading dimension byte offset >> 4,
-// 32-45 stride dimension byte offset >> 4, 49-51 base offset, 62-63 swizzle mode (1 = 128B).
-// For a K-major operand with 128B swizzle: the stride offset is the 1024 bytes between 8-row
-// atoms; the leading offset is unused (a k32 slice never leaves its 128-byte row) and set to 1
-// as CUTLASS does; base offset 0 since every tile starts 1024-aligned.
-constexpr uint64_t kSwizzleMode128B = 1;
-
-FLASHSEEK_HOST_DEVICE constexpr uint64_t smem_descriptor(uint32_t smem_addr) {
-    return static_cast<uint64_t>((smem_addr & 0x3ffffu) >> 4) | (static_cast<uint64_t>(1) << 16) |
-           (static_cast<uint64_t>(kSwizzleAtom >> 4) << 32) | (kSwizzleMode128B << 62);
-}
-
-// The descriptor of the ks-th k32 slice of a tile: 32 bytes further along its rows. The swizzle
-// is applied to the address the hardware computes, so the start moves by plain bytes.
-FLASHSEEK_HOST_DEVICE constexpr uint64_t advance_k(uint64_t desc, uint32_t ks) {
-    return desc + ((ks * kWgmmaK) >> 4);
-}
-
-// The wgmma f32 accumulator fragment (PTX ISA, "Register Fragments" of wgmma .m64nNk32, matrix
-// D): thread t of the warpgroup holds N / 2 values; value i sits at row 16 * warp + lane / 4,
-// plus 8 for i % 4 in {2, 3}, and column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
-FLASHSEEK_HOST_DEVICE constexpr uint32_t frag_row(uint32_t t, uint32_t i) {
-    return 16 * (t / 32) + (t % 32) / 4 + 8 * ((i / 2) % 2);
-}
-
-FLASHSEEK_HOST_DEVICE constexpr uint32_t frag_col(uint32_t t, uint32_t i) {
-    return 8 * (i / 4) + 2 * (t % 4) + i % 2;
-}
-
 // The index of sa[row, kb] in [m, k_blocks] and of sb for the tile n_block at k block kb in
 // [ceil(n / 128), k_blocks]: one scale for all its columns since block_n divides 128.
 FLASHSEEK_HOST_DEVICE constexpr uint64_t a_scale_index(uint32_t row, uint32_t kb, uint32_t k_blocks) {
@@ -220,16 +188,6 @@ FLASHSEEK_HOST_DEVICE constexpr int32_t box_k(uint32_t kb) {
 
 FLASHSEEK_HOST_DEVICE constexpr int32_t box_row(uint32_t block, uint32_t rows) {
     return static_cast<int32_t>(block * rows);
-}
-
-// Pipeline position after `iteration` k blocks (counted across the CTA's tiles): the ring stage
-// and the parity of the mbarrier phase to wait for on it.
-FLASHSEEK_HOST_DEVICE constexpr uint32_t ring_stage(uint64_t iteration, uint32_t stages) {
-    return static_cast<uint32_t>(iteration % stages);
-}
-
-FLASHSEEK_HOST_DEVICE constexpr uint32_t ring_parity(uint64_t iteration, uint32_t stages) {
-    return static_cast<uint32_t>((iteration / stages) & 1u);
 }
 
 // The grouped GEMM of the routed experts (contiguous layout). moe.cu's sort puts expert e's

@@ -1,6 +1,8 @@
 // Index math of the Hopper lightning indexer (indexer_logits_fp8.cu, indexer_topk_fp8.cu), on
-// the host and the device: tests/indexer_index_math.rs compiles this header on the host and checks
-// every function against an independent formulation (brute force, the PTX ISA's figures).
+// the host and the device, on the common Hopper layout (../../common/sm90_layout.cuh: the 128-byte
+// swizzle, the wgmma descriptor, the accumulator fragment map, the mbarrier ring):
+// tests/indexer_index_math.rs compiles this header on the host and checks every function against
+// an independent formulation (brute force, the PTX ISA's figures).
 //
 // Logits: one CTA scores a group of up to kGroupRows consecutive query rows of one sequence
 // against a run of key pages. The wgmma is m64n128k32 e4m3 x e4m3 -> f32 with
@@ -21,9 +23,22 @@
 
 #include "../../common/host_device.cuh"
 #include "../../common/kv_layout.cuh"
+#include "../../common/sm90_layout.cuh"
 
 namespace flashseek {
 namespace indexer_fast {
+
+using sm90::desc_advance_k;
+using sm90::frag_col;
+using sm90::frag_index;
+using sm90::frag_row;
+using sm90::k_major_sw128_desc;
+using sm90::kSwizzleAtom;
+using sm90::kWarpgroup;
+using sm90::ring_empty_parity;
+using sm90::ring_parity;
+using sm90::ring_stage;
+using sm90::swizzle_128b;
 
 // ---- shapes ----
 
@@ -37,13 +52,12 @@ constexpr unsigned kHeads = 64;
 constexpr unsigned kGroupRows = 2;
 constexpr unsigned kN = kGroupRows * kHeads;
 // K per wgmma for 8-bit inputs, and steps over the key.
-constexpr unsigned kMmaK = 32;
+constexpr unsigned kMmaK = sm90::kWgmmaKBytes;
 constexpr unsigned kKSteps = kDim / kMmaK;
 // Pipeline: pages in flight, consumer warpgroups (pages alternate between them), and the CTA
 // (warpgroup 0 produces: one thread issues the copies).
 constexpr unsigned kStages = 8;
 constexpr unsigned kConsumers = 2;
-constexpr unsigned kWarpgroup = 128;
 constexpr unsigned kThreads = kWarpgroup * (1 + kConsumers);
 static_assert(kStages % kConsumers == 0, "a stage is always read by the same consumer");
 // Accumulator registers of a thread: 64 x kN f32 over 128 threads.
@@ -51,8 +65,6 @@ constexpr unsigned kAccRegs = kKeys * kN / kWarpgroup;
 
 // ---- shared memory of the logits kernel (byte offsets from a 1024-aligned base) ----
 
-// The 128-byte swizzle repeats every 8 rows of 128 bytes: operand tiles start 1024-aligned.
-constexpr unsigned kSwizzleAtom = 1024;
 constexpr unsigned kQBytes = kN * kDim;
 constexpr unsigned kPageCodeBytes = kKeys * kDim;
 constexpr unsigned kPageScaleBytes = kKeys * 4;
@@ -73,48 +85,6 @@ struct LogitsSmem {
     // What a launch asks for: the base is aligned up to kSwizzleAtom inside the allocation.
     static constexpr unsigned dynamic_bytes = bytes + kSwizzleAtom;
 };
-
-// ---- the 128-byte swizzle and the wgmma shared-memory descriptor ----
-
-// Byte offset of byte `col` (0..128) of row `row` in a tile of 128-byte rows stored in the
-// 128-byte swizzle from a 1024-aligned base: the 16-byte chunk index is XORed with row % 8
-// (CUTLASS's Swizzle<3, 4, 3>; the TMA's CU_TENSOR_MAP_SWIZZLE_128B).
-FLASHSEEK_HOST_DEVICE inline unsigned swizzle128(unsigned row, unsigned col) {
-    return row * 128u + ((((col >> 4) ^ row) & 7u) << 4) + (col & 15u);
-}
-
-// The wgmma matrix descriptor (PTX ISA, "Matrix Descriptor Format") of a K-major operand in the
-// 128-byte swizzle at shared address `addr`: start address >> 4 in bits 0-13, leading byte
-// offset >> 4 in bits 16-29 (unused by K-major swizzled layouts whose K fits in a row; 1 by
-// convention), stride byte offset >> 4 in bits 32-45 (1024: from one 8-row group to the next),
-// base offset 0 in bits 49-51 (tiles are 1024-aligned), layout type 1 (128-byte swizzle) in bits
-// 62-63. Step k of the key (32 bytes each) starts `32 k` bytes further: the hardware applies the
-// swizzle to the address it forms, as the TMA did when it stored the tile.
-FLASHSEEK_HOST_DEVICE inline uint64_t sw128_desc(unsigned addr) {
-    return static_cast<uint64_t>((addr & 0x3ffffu) >> 4) | (static_cast<uint64_t>(1) << 16) |
-           (static_cast<uint64_t>(kSwizzleAtom >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
-}
-
-// ---- the accumulator of wgmma m64nNk32 with f32 D (PTX ISA, "Register Fragments and Shared
-// Memory Matrix Layouts", the 64xN D figure) ----
-
-// Row of accumulator register `reg` of `lane` in warp `warp` (0..4) of the warpgroup: each warp
-// owns 16 rows, a lane rows lane/4 and lane/4 + 8 of them.
-FLASHSEEK_HOST_DEVICE inline unsigned acc_row(unsigned warp, unsigned lane, unsigned reg) {
-    return 16u * warp + (lane >> 2) + 8u * ((reg >> 1) & 1u);
-}
-
-// Column of register `reg` of `lane`: registers 4j..4j+3 cover columns 8j..8j+7, two adjacent
-// ones per lane.
-FLASHSEEK_HOST_DEVICE inline unsigned acc_col(unsigned lane, unsigned reg) {
-    return 8u * (reg >> 2) + 2u * (lane & 3u) + (reg & 1u);
-}
-
-// Register of `lane` holding key half `half` (row acc_row + 8 half) and column `2 jj + c` of its
-// own columns (jj = 0..kN/8, c = 0..2): the inverse of the maps above within a thread.
-FLASHSEEK_HOST_DEVICE inline unsigned acc_reg(unsigned half, unsigned jj, unsigned c) {
-    return 4u * jj + 2u * half + c;
-}
 
 // ---- work of the logits kernel ----
 

@@ -13,12 +13,15 @@
 #include <cuda.h>
 
 #include "../../common/host_device.cuh"
+#include "../../common/wgmma.cuh"
+#include "../../common/wgmma_tma.cuh"
 #include "flashseek/params.h"
 #include "indexer_fast.cuh"
 
 namespace {
 
 using namespace flashseek::indexer_fast;
+using namespace flashseek::sm90;
 
 static_assert(FLASHSEEK_INDEXER_FP8_DIM == kDim && FLASHSEEK_INDEXER_FP8_HEADS == kHeads &&
                   FLASHSEEK_INDEXER_FP8_BINS == kBins && FLASHSEEK_INDEXER_FP8_THREADS == kThreads &&
@@ -30,90 +33,13 @@ static_assert(kAccRegs == 64, "the wgmma below is m64n128: 64 accumulators per t
 constexpr unsigned kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive(unsigned bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "wait:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra wait;\n"
-        "}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-}
-
-// The page's codes: box (128 bytes, 64 keys, 1 page) at page `page` of the tensor map.
-__device__ __forceinline__ void tma_page(unsigned dst, const CUtensorMap* map, unsigned page, unsigned bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
-        "[%5];" ::"r"(dst),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(0), "r"(page), "r"(bar)
-        : "memory");
-}
-
-__device__ __forceinline__ void bulk_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-        "l"(src), "r"(bytes), "r"(bar)
-        : "memory");
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-}
-
-__device__ __forceinline__ void wgmma_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-}
-
-__device__ __forceinline__ void wgmma_wait_all() {
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-}
-
-#define FLASHSEEK_ACC8(i) \
-    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-
-// d (+)= A B^T for A 64x32 and B 128x32 e4m3 (K-major, from shared memory through their
-// descriptors); `accumulate` 0 overwrites d.
-__device__ __forceinline__ void wgmma_m64n128k32(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1;\n"
-        "}\n"
-        : FLASHSEEK_ACC8(0), FLASHSEEK_ACC8(8), FLASHSEEK_ACC8(16), FLASHSEEK_ACC8(24), FLASHSEEK_ACC8(32),
-          FLASHSEEK_ACC8(40), FLASHSEEK_ACC8(48), FLASHSEEK_ACC8(56)
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate)
-        : "memory");
-}
-
-#undef FLASHSEEK_ACC8
-
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kThreads, 1)
     flashseek_indexer_logits_fp8_f32(const __grid_constant__ CUtensorMap keys, const IndexerFp8Params p) {
     extern __shared__ unsigned char smem_raw[];
     // The operand tiles need the swizzle atom's alignment; the launch asks for one atom more.
-    const unsigned raw = static_cast<unsigned>(__cvta_generic_to_shared(smem_raw));
+    const unsigned raw = smem_addr(smem_raw);
     const unsigned pad = (kSwizzleAtom - raw % kSwizzleAtom) % kSwizzleAtom;
     unsigned char* smem = smem_raw + pad;
     const unsigned base = raw + pad;
@@ -148,10 +74,10 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     }
     if (threadIdx.x == 0) {
         for (unsigned s = 0; s < kStages; ++s) {
-            mbar_init(full(s), 1);
-            mbar_init(empty(s), kWarpgroup);
+            mbarrier_init(full(s), 1);
+            mbarrier_init(empty(s), kWarpgroup);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        fence_mbarrier_init();
     }
     constexpr unsigned kChunks = kDim / 16;
     for (unsigned i = threadIdx.x; i < kN * kChunks; i += kThreads) {
@@ -164,34 +90,34 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
             const size_t at = (static_cast<size_t>(r == 0 ? row[0] : row[1]) * p.heads + h) * kDim + chunk * 16u;
             v = *reinterpret_cast<const uint4*>(p.q + at);
         }
-        *reinterpret_cast<uint4*>(smem + LogitsSmem::q + swizzle128(n, chunk * 16u)) = v;
+        *reinterpret_cast<uint4*>(smem + LogitsSmem::q + swizzle_128b(n, chunk * 16u)) = v;
     }
     // The queries were stored through the generic proxy and the wgmma reads them through the
     // async one.
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    fence_proxy_async_shared_cta();
     __syncthreads();
 
     const unsigned wg = threadIdx.x / kWarpgroup;
     if (wg == 0) {
         if (threadIdx.x == 0) {
             for (unsigned j = 0; j < n_pages; ++j) {
-                const unsigned s = j % kStages;
+                const unsigned s = ring_stage(j, kStages);
                 if (j >= kStages) {
                     // Phase j / kStages - 1 of the stage's release.
-                    mbar_wait(empty(s), (j / kStages - 1u) & 1u);
+                    mbarrier_wait(empty(s), ring_empty_parity(j, kStages));
                 }
                 const unsigned page = table[page0 + j];
-                mbar_expect_tx(full(s), kPageCodeBytes + kPageScaleBytes);
-                tma_page(base + LogitsSmem::codes(s), &keys, page, full(s));
-                bulk_copy(base + LogitsSmem::scales(s), p.cache + page_scales(page), kPageScaleBytes, full(s));
+                mbarrier_arrive_expect_tx(full(s), kPageCodeBytes + kPageScaleBytes);
+                tma_load_3d(base + LogitsSmem::codes(s), &keys, full(s), 0, 0, static_cast<int32_t>(page));
+                bulk_copy_g2s(base + LogitsSmem::scales(s), p.cache + page_scales(page), kPageScaleBytes, full(s));
             }
         }
         return;
     }
 
-    // A consumer: its warp and lane within its warpgroup, and its pages j = c, c + 2, ...
+    // A consumer: its thread within its warpgroup, its lane, and its pages j = c, c + 2, ...
     const unsigned c = wg - 1;
-    const unsigned warp = threadIdx.x / kWarp % 4u;
+    const unsigned tid = threadIdx.x % kWarpgroup;
     const unsigned lane = threadIdx.x % kWarp;
     // This thread's head weights: query row r's heads 8 jj + 2 (lane % 4) + e, times the
     // weight scale and the head's query scale (positive, so it passes through the ReLU).
@@ -202,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
         for (unsigned jj = 0; jj < kHeads / 8; ++jj) {
 #pragma unroll
             for (unsigned e = 0; e < 2; ++e) {
-                const unsigned h = acc_col(lane, acc_reg(0, jj, e));
+                const unsigned h = frag_col(tid, frag_index(0, jj, e));
                 float v = 0.0f;
                 if (r < n_rows && h < p.heads) {
                     const size_t at = static_cast<size_t>(row[r]) * p.heads + h;
@@ -212,26 +138,25 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
             }
         }
     }
-    const uint64_t desc_q = sw128_desc(base + LogitsSmem::q);
+    const uint64_t desc_q = k_major_sw128_desc(base + LogitsSmem::q);
     float d[kAccRegs];
 #pragma unroll
     for (unsigned i = 0; i < kAccRegs; ++i) {
         d[i] = 0.0f;
     }
     for (unsigned j = c; j < n_pages; j += kConsumers) {
-        const unsigned s = j % kStages;
-        mbar_wait(full(s), (j / kStages) & 1u);
-        const uint64_t desc_k = sw128_desc(base + LogitsSmem::codes(s));
+        const unsigned s = ring_stage(j, kStages);
+        mbarrier_wait(full(s), ring_parity(j, kStages));
+        const uint64_t desc_k = k_major_sw128_desc(base + LogitsSmem::codes(s));
         wgmma_fence();
 #pragma unroll
         for (unsigned k = 0; k < kKSteps; ++k) {
-            // 32 bytes further along the rows: 2 in the descriptor's 16-byte address units.
-            wgmma_m64n128k32(d, desc_k + 2u * k, desc_q + 2u * k, k > 0 ? 1 : 0);
+            wgmma_m64n128k32_e4m3(d, desc_advance_k(desc_k, k), desc_advance_k(desc_q, k), k > 0 ? 1u : 0u);
         }
-        wgmma_commit();
-        wgmma_wait_all();
+        wgmma_commit_group();
+        wgmma_wait_group<0>();
 
-        // v[half][r]: the weighted ReLU sum of key acc_row(.., 2 half) for query row r.
+        // v[half][r]: the weighted ReLU sum of key frag_row(tid, 2 half) for query row r.
         float v[2][kGroupRows];
 #pragma unroll
         for (unsigned half = 0; half < 2; ++half) {
@@ -242,23 +167,23 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
                 for (unsigned jj = 0; jj < kHeads / 8; ++jj) {
 #pragma unroll
                     for (unsigned e = 0; e < 2; ++e) {
-                        sum = fmaf(w[r][jj][e], fmaxf(d[acc_reg(half, r * (kHeads / 8) + jj, e)], 0.0f), sum);
+                        sum = fmaf(w[r][jj][e], fmaxf(d[frag_index(half, r * (kHeads / 8) + jj, e)], 0.0f), sum);
                     }
                 }
                 sum += __shfl_xor_sync(kFullMask, sum, 1);
                 sum += __shfl_xor_sync(kFullMask, sum, 2);
-                v[half][r] = sum * scales_s[s * kKeys + acc_row(warp, lane, 2u * half)];
+                v[half][r] = sum * scales_s[s * kKeys + frag_row(tid, 2u * half)];
             }
         }
         // The stage's codes (read by the finished wgmma) and scales are no longer needed.
-        mbar_arrive(empty(s));
+        mbarrier_arrive(empty(s));
 
         // Lane q of a quad writes key half q % 2 of query row q / 2.
         const unsigned q = lane & 3u;
         const unsigned half = q & 1u;
         const unsigned r = q >> 1;
         const float score = (half == 0 ? (r == 0 ? v[0][0] : v[0][1]) : (r == 0 ? v[1][0] : v[1][1])) + 0.0f;
-        const unsigned t = (page0 + j) * kKeys + acc_row(warp, lane, 2u * half);
+        const unsigned t = (page0 + j) * kKeys + frag_row(tid, 2u * half);
         const bool scored = r < n_rows && t <= (r == 0 ? pos[0] : pos[1]);
         if (r < n_rows) {
             p.logits[static_cast<size_t>(entry0 + r) * p.stride + t] = scored ? score : -INFINITY;
@@ -272,7 +197,7 @@ extern "C" __global__ void __launch_bounds__(kThreads, 1)
     }
 
     // Both consumer warpgroups are done with the histograms: add them to the rows'.
-    asm volatile("bar.sync 1, %0;" ::"n"(kConsumers * kWarpgroup) : "memory");
+    bar_sync(1, kConsumers * kWarpgroup);
     for (unsigned i = threadIdx.x - kWarpgroup; i < n_rows * kBins; i += kConsumers * kWarpgroup) {
         const unsigned n = hist[i];
         if (n != 0) {

@@ -18,17 +18,16 @@
 // At the end a row's only item writes O / l; a split item writes O, max and l to its workspace
 // slot, and flashseek_mla_decode_fp8_combine_f32 merges a split row's slots.
 #include <cstdint>
-#include <utility>
-
-#include <cute/arch/mma_sm90_gmma.hpp>
 
 #include "flashseek/params.h"
 #include "decode_fast.cuh"
+#include "../../common/wgmma.cuh"
+#include "../../common/wgmma_tma.cuh"
 
 namespace {
 
 using namespace flashseek::mla_fast;
-namespace gmma = cute::SM90::GMMA;
+using namespace flashseek::sm90;
 
 static_assert(Smem::bytes == FLASHSEEK_MLA_FP8_SMEM, "params.h's shared memory size is the layout's");
 static_assert(kThreads == FLASHSEEK_MLA_FP8_THREADS && kHeads == FLASHSEEK_MLA_FP8_HEADS, "params.h's shape");
@@ -44,61 +43,8 @@ constexpr uint32_t kBarMax = 2;
 constexpr uint32_t kBarP = 3;
 constexpr uint32_t kMathThreads = 2 * kWarpgroup;
 
-using QkMma = gmma::MMA_64x32x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::K>;
-using PvMma = gmma::MMA_64x256x16_F32BF16BF16_SS<gmma::Major::K, gmma::Major::MN>;
 constexpr int kS = kGroupKeys / 2;
 constexpr int kO = kGroupCols / 2;
-
-template <class Mma, size_t... I>
-__device__ __forceinline__ void mma_call(uint64_t a, uint64_t b, float (&d)[sizeof...(I)], gmma::ScaleOut scale,
-                                         std::index_sequence<I...>) {
-    Mma::fma(a, b, d[I]..., scale);
-}
-
-template <class Mma, int N>
-__device__ __forceinline__ void mma(uint64_t a, uint64_t b, float (&d)[N], bool accumulate) {
-    mma_call<Mma>(a, b, d, accumulate ? gmma::ScaleOut::One : gmma::ScaleOut::Zero, std::make_index_sequence<N>{});
-}
-
-// Keeps the compiler from moving accesses to the accumulators across the asynchronous wgmma.
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-        asm volatile("" : "+f"(d[i])::"memory");
-    }
-}
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-
-// Ordinary shared-memory stores become visible to wgmma (the async proxy) after this fence in
-// the writing thread, then a barrier.
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-
-__device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {
-    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    uint32_t done;
-    do {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    } while (done == 0);
-}
 
 __device__ __forceinline__ void st_shared_v4(uint32_t addr, uint4 v) {
     asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
@@ -176,7 +122,7 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
     const uint64_t first = seq < p.n_starts ? starts[seq] : p.n_blocks;
     const int32_t* topk_row = p.topk != nullptr ? p.topk + static_cast<size_t>(w.row) * p.topk_cols : nullptr;
     for (uint32_t it = 0; it < w.tiles; ++it) {
-        const int stage = stage_of(it);
+        const int stage = static_cast<int>(ring_stage(it, kStages));
         const uint64_t e0 = static_cast<uint64_t>(w.begin) + static_cast<uint64_t>(it) * kTileKeys;
         const uint32_t tile = base + Smem::k(stage);
         // Both halves' loads (a tile's 42 KB per CTA) go out before the stage drains.
@@ -220,7 +166,7 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
                 }
             }
         }
-        mbar_wait(base + Smem::empty(stage), empty_parity(it));
+        mbarrier_wait(base + Smem::empty(stage), ring_empty_parity(it, kStages));
         // Lanes 4..7 of each 8 store their upper 8 values first: each 8-lane phase of a 16-byte
         // store then covers the 8 bank groups of the row once.
         const uint32_t col = code_col(lane);
@@ -243,8 +189,8 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
         if (lane == 0) {
             st_shared_b16(base + Smem::mask_of(stage) + 2 * warp, static_cast<uint16_t>(bits));
         }
-        fence_async_smem();
-        mbar_arrive(base + Smem::full(stage));
+        fence_proxy_async_shared_cta();
+        mbarrier_arrive(base + Smem::full(stage));
     }
 }
 
@@ -262,8 +208,8 @@ __device__ __forceinline__ void load_q(const MlaDecodeFp8Params& p, const Work& 
         }
         st_shared_v2(base + Smem::q + tile_offset(head, col), pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
     }
-    fence_async_smem();
-    named_barrier(kBarQ, kMathThreads);
+    fence_proxy_async_shared_cta();
+    bar_sync(kBarQ, kMathThreads);
 }
 
 // A math warpgroup: scores, softmax and its 256 columns of O, then the output or the partials.
@@ -285,19 +231,19 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
     float l1 = 0.0f;
     uint32_t keys = 0;
     for (uint32_t it = 0; it < w.tiles; ++it) {
-        const int stage = stage_of(it);
-        mbar_wait(base + Smem::full(stage), full_parity(it));
+        const int stage = static_cast<int>(ring_stage(it, kStages));
+        mbarrier_wait(base + Smem::full(stage), ring_parity(it, kStages));
         float s[kS];
         wgmma_fence();
 #pragma unroll
         for (uint32_t step = 0; step < kQkSteps; ++step) {
-            const uint64_t a = make_desc(base + qk_a(step), kKMajorLbo, kGroupBytes, kSwizzle128);
-            const uint64_t b = make_desc(base + qk_b(stage, g, step), kKMajorLbo, kGroupBytes, kSwizzle128);
-            mma<QkMma>(a, b, s, step > 0);
+            const uint64_t a = k_major_sw128_desc(base + qk_a(step));
+            const uint64_t b = k_major_sw128_desc(base + qk_b(stage, g, step));
+            wgmma_m64n32k16_bf16(s, a, b, step > 0 ? 1u : 0u);
         }
-        wgmma_commit();
-        wgmma_wait();
-        fence_regs(s);
+        wgmma_commit_group();
+        wgmma_wait_group<0>();
+        fence_operand(s);
 
         const uint64_t mask = ld_shared_u64(base + Smem::mask_of(stage));
         keys += __popcll(mask);
@@ -324,7 +270,7 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
             st_shared_f32(base + Smem::max_of(parity, g, r0), x0);
             st_shared_f32(base + Smem::max_of(parity, g, r1), x1);
         }
-        named_barrier(kBarMax, kMathThreads);
+        bar_sync(kBarMax, kMathThreads);
         // Both warpgroups take max(group 0, group 1) in that order: the same bits.
         const float y0 = ld_shared_f32(base + Smem::max_of(parity, 1 - g, r0));
         const float y1 = ld_shared_f32(base + Smem::max_of(parity, 1 - g, r1));
@@ -347,27 +293,27 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
             }
             const uint32_t row = lower ? r0 : r1;
             const uint32_t col = kGroupKeys * g + frag_col(t, i);
-            st_shared_b32(base + Smem::p + sw128(row, 2 * col), pack_bf16(w0, w1));
+            st_shared_b32(base + Smem::p + swizzle_128b(row, 2 * col), pack_bf16(w0, w1));
         }
-        fence_async_smem();
-        named_barrier(kBarP, kMathThreads);
+        fence_proxy_async_shared_cta();
+        bar_sync(kBarP, kMathThreads);
 #pragma unroll
         for (int i = 0; i < kO; ++i) {
             o[i] *= (i / 2) % 2 == 0 ? st0.alpha : st1.alpha;
         }
         // The rescaled accumulators are the wgmma's inputs: ordered before its fence.
-        fence_regs(o);
+        fence_operand(o);
         wgmma_fence();
 #pragma unroll
         for (uint32_t step = 0; step < kPvSteps; ++step) {
-            const uint64_t a = make_desc(base + pv_a(step), kKMajorLbo, kGroupBytes, kSwizzle128);
-            const uint64_t b = make_desc(base + pv_b(stage, g, step), kVLbo, kVSbo, kSwizzle128);
-            mma<PvMma>(a, b, o, true);
+            const uint64_t a = k_major_sw128_desc(base + pv_a(step));
+            const uint64_t b = smem_desc(base + pv_b(stage, g, step), kVLbo, kVSbo, kSwizzle128B);
+            wgmma_m64n256k16_bf16_tb(o, a, b, 1u);
         }
-        wgmma_commit();
-        wgmma_wait();
-        fence_regs(o);
-        mbar_arrive(base + Smem::empty(stage));
+        wgmma_commit_group();
+        wgmma_wait_group<0>();
+        fence_operand(o);
+        mbarrier_arrive(base + Smem::empty(stage));
     }
 
     // Each row's sum: the quad's partial sums, then both warpgroups' in a fixed order.
@@ -380,7 +326,7 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
         st_shared_f32(base + Smem::sum_of(g, r0), l0);
         st_shared_f32(base + Smem::sum_of(g, r1), l1);
     }
-    named_barrier(kBarMax, kMathThreads);
+    bar_sync(kBarMax, kMathThreads);
     l0 = ld_shared_f32(base + Smem::sum_of(0, r0)) + ld_shared_f32(base + Smem::sum_of(1, r0));
     l1 = ld_shared_f32(base + Smem::sum_of(0, r1)) + ld_shared_f32(base + Smem::sum_of(1, r1));
 
@@ -429,7 +375,7 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
 extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
     flashseek_mla_decode_fp8_f32(const MlaDecodeFp8Params p) {
     extern __shared__ __align__(1024) unsigned char smem[];
-    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    const uint32_t raw = smem_addr(smem);
     const uint32_t base = (raw + 1023u) & ~1023u;
     const Cta cta = cta_of(blockIdx.x, p.heads);
     // Uniform over the CTA: no barrier is skipped by some threads only.
@@ -444,17 +390,17 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
     w.tiles = static_cast<uint32_t>((static_cast<uint64_t>(w.end - w.begin) + kTileKeys - 1) / kTileKeys);
     if (threadIdx.x == 0) {
         for (int s = 0; s < kStages; ++s) {
-            mbar_init(base + Smem::full(s), kWarpgroup);
-            mbar_init(base + Smem::empty(s), kMathThreads);
+            mbarrier_init(base + Smem::full(s), kWarpgroup);
+            mbarrier_init(base + Smem::empty(s), kMathThreads);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        fence_mbarrier_init();
     }
     __syncthreads();
     if (threadIdx.x >= kMathThreads) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegs));
+        setmaxnreg_dec<kProducerRegs>();
         produce(p, w, base);
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kMathRegs));
+        setmaxnreg_inc<kMathRegs>();
         attend(p, w, base);
     }
 }

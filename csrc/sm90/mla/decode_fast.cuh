@@ -1,9 +1,10 @@
 // Index math of the Hopper MLA decode over the FP8 latent cache (decode_fast.cu), host and
-// device: the shared-memory layout and its 128-byte swizzle, the wgmma shared-memory
-// descriptors, the f32 accumulator fragment of wgmma.m64nNk16, the producer's lane-to-byte map,
-// the two-stage pipeline's mbarrier parities, page and top-k addressing, and the online-softmax
-// step. tests/mla_index_math.rs compiles this header on the host and checks each piece against an
-// independent formulation (the PTX ISA's figures, CuTe's Swizzle<3,4,3>, brute force).
+// device: the shared-memory layout of the 128-byte-swizzled tiles and the wgmma descriptors of
+// its operands, the producer's lane-to-byte map, page and top-k addressing, and the online-softmax
+// step, on the common Hopper layout (../../common/sm90_layout.cuh: the swizzle, the descriptor
+// encoding, the accumulator fragment map, the mbarrier ring). tests/mla_index_math.rs compiles
+// this header on the host and checks each piece against an independent formulation (the PTX ISA's
+// canonical layouts, CuTe's Swizzle<3,4,3>, brute force).
 //
 // The kernel's shape (DeepSeek-V3.2's latent only): one CTA per (work item, 64 heads); a work
 // item is a query row and a range of its keys (positions, or top-k entries). Keys come in tiles
@@ -19,6 +20,7 @@
 
 #include "../../common/host_device.cuh"
 #include "../../common/kv_layout.cuh"
+#include "../../common/sm90_layout.cuh"
 
 #ifndef __CUDACC__
 #include <cmath>
@@ -26,6 +28,19 @@
 
 namespace flashseek {
 namespace mla_fast {
+
+using sm90::frag_col;
+using sm90::frag_row;
+using sm90::k_major_sw128_desc;
+using sm90::kSwizzle128B;
+using sm90::kSwizzleAtom;
+using sm90::kSwizzleRow;
+using sm90::kWarpgroup;
+using sm90::ring_empty_parity;
+using sm90::ring_parity;
+using sm90::ring_stage;
+using sm90::smem_desc;
+using sm90::swizzle_128b;
 
 // ---- shapes ----
 constexpr int kNope = 512;
@@ -41,15 +56,14 @@ constexpr int kGroupCols = kNope / 2;
 // Columns per swizzle chunk: one 128-byte row of bf16.
 constexpr int kChunkCols = 64;
 constexpr int kChunks = kLatent / kChunkCols;
-constexpr int kRowBytes = 128;
-constexpr int kChunkBytes = kTileKeys * kRowBytes;
+constexpr int kChunkBytes = kTileKeys * static_cast<int>(kSwizzleRow);
 constexpr int kTileBytes = kChunks * kChunkBytes;
 // The K of one wgmma step (bf16).
 constexpr int kStepK = 16;
+static_assert(kStepK * 2 == sm90::kWgmmaKBytes, "a k16 step is 32 bytes of bf16");
 constexpr int kQkSteps = kLatent / kStepK;
 constexpr int kPvSteps = kTileKeys / kStepK;
 constexpr int kThreads = 384;
-constexpr int kWarpgroup = 128;
 constexpr int kStages = 2;
 // The FP8 token of the cache: 656 bytes.
 FLASHSEEK_HOST_DEVICE inline kv_layout::LatentFp8 token_layout() { return kv_layout::LatentFp8{kNope, kRope}; }
@@ -86,59 +100,33 @@ struct Smem {
 };
 static_assert(Smem::bytes <= 232448, "an H100 CTA has at most 227 KB of shared memory");
 
-// The 128-byte swizzle (CuTe's Swizzle<3,4,3>, the wgmma and TMA "128B" mode): in a region of
-// 128-byte rows, the 16-byte unit u of row r is stored at unit u ^ (r % 8).
-FLASHSEEK_HOST_DEVICE constexpr uint32_t sw128(uint32_t row, uint32_t byte) {
-    return row * kRowBytes + ((((byte >> 4) ^ row) & 7u) << 4) + (byte & 15u);
-}
-
 // Byte offset of element (row, col) (bf16) of a 64 x 576 tile: chunk col / 64, then swizzled.
 FLASHSEEK_HOST_DEVICE constexpr uint32_t tile_offset(uint32_t row, uint32_t col) {
-    return (col / kChunkCols) * kChunkBytes + sw128(row, (col % kChunkCols) * 2);
+    return (col / kChunkCols) * kChunkBytes + swizzle_128b(row, (col % kChunkCols) * 2);
 }
 
-// ---- wgmma shared-memory descriptors ----
-// The 64-bit matrix descriptor of the PTX ISA (wgmma, "Matrix Descriptor Format"): start
-// address, leading and stride byte offsets (each >> 4, 14 bits), base offset (bits 49-51, 0 for
-// 1024-byte aligned patterns) and the swizzle mode in bits 62-63 (1: 128-byte).
-constexpr uint32_t kSwizzle128 = 1;
-FLASHSEEK_HOST_DEVICE constexpr uint64_t make_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, uint32_t swizzle) {
-    return static_cast<uint64_t>((addr >> 4) & 0x3fffu) | (static_cast<uint64_t>((lbo >> 4) & 0x3fffu) << 16) |
-           (static_cast<uint64_t>((sbo >> 4) & 0x3fffu) << 32) | (static_cast<uint64_t>(swizzle & 3u) << 62);
-}
-
-// K-major operands in the 128-byte swizzle (rows of 64 bf16 of K): 8-row groups 1024 bytes
-// apart (SBO); LBO is unused for swizzled K-major layouts (CuTe writes 1). Step s of K (16
-// columns) starts 32 bytes further into the row, in the next chunk every 4 steps.
-constexpr uint32_t kKMajorLbo = 16;
-constexpr uint32_t kGroupBytes = 8 * kRowBytes;
+// ---- wgmma operands ----
+// K-major operands (rows of 64 bf16 of K) take sm90::k_major_sw128_desc. Step s of K (16 columns)
+// starts 32 bytes further into the row, in the next chunk every 4 steps.
 FLASHSEEK_HOST_DEVICE constexpr uint32_t k_major_step(uint32_t step) {
     return (step / 4) * kChunkBytes + (step % 4) * (kStepK * 2);
 }
 // QK: A = the query tile (64 heads), B = the 32 keys of warpgroup `group`: rows 32·group on.
 FLASHSEEK_HOST_DEVICE constexpr uint32_t qk_a(uint32_t step) { return Smem::q + k_major_step(step); }
 FLASHSEEK_HOST_DEVICE constexpr uint32_t qk_b(int stage, uint32_t group, uint32_t step) {
-    return Smem::k(stage) + group * kGroupKeys * kRowBytes + k_major_step(step);
+    return Smem::k(stage) + group * kGroupKeys * kSwizzleRow + k_major_step(step);
 }
 // PV: A = P (64 heads x 64 keys, one chunk, K-major).
 FLASHSEEK_HOST_DEVICE constexpr uint32_t pv_a(uint32_t step) { return Smem::p + k_major_step(step); }
 // PV: B = V, N = the value columns (contiguous in the tile's rows: MN-major, read transposed),
-// K = the keys (rows). In the 128-byte swizzle an MN-major atom is 64 columns x 8 keys; LBO is
-// the distance between atoms along N (the next chunk), SBO the one between 8-key groups.
+// K = the keys (rows): sm90::smem_desc(addr, kVLbo, kVSbo, kSwizzle128B). In the 128-byte swizzle
+// an MN-major atom is 64 columns x 8 keys; LBO is the distance between atoms along N (the next
+// chunk), SBO the one between 8-key groups.
 constexpr uint32_t kVLbo = kChunkBytes;
-constexpr uint32_t kVSbo = kGroupBytes;
+constexpr uint32_t kVSbo = kSwizzleAtom;
 FLASHSEEK_HOST_DEVICE constexpr uint32_t pv_b(int stage, uint32_t group, uint32_t step) {
-    return Smem::k(stage) + group * (kGroupCols / kChunkCols) * kChunkBytes + step * 2 * kGroupBytes;
+    return Smem::k(stage) + group * (kGroupCols / kChunkCols) * kChunkBytes + step * 2 * kSwizzleAtom;
 }
-
-// ---- the f32 accumulator of wgmma.m64nNk16 ----
-// PTX ISA, "Matrix fragments for wgmma.m64nNk16", D (f32): thread t of the warpgroup (warp w =
-// t / 32, lane l) holds N/2 values; value i is at row 16w + l/4 + 8·((i/2) % 2) and column
-// 8·(i/4) + 2·(l % 4) + i % 2.
-FLASHSEEK_HOST_DEVICE constexpr uint32_t frag_row(uint32_t t, uint32_t i) {
-    return 16 * (t / 32) + (t % 32) / 4 + 8 * ((i / 2) % 2);
-}
-FLASHSEEK_HOST_DEVICE constexpr uint32_t frag_col(uint32_t t, uint32_t i) { return 8 * (i / 4) + 2 * (t % 4) + i % 2; }
 
 // ---- the producer warpgroup ----
 // Warp w (0..3) fills keys w·16 .. w·16 + 15 of a tile, 8 at a time (`half` 0 or 1). For key j of
@@ -165,17 +153,6 @@ FLASHSEEK_HOST_DEVICE inline uint32_t rope_src(uint32_t lane) {
     return static_cast<uint32_t>(token_layout().rope_offset()) + 16 * (lane % 8);
 }
 FLASHSEEK_HOST_DEVICE constexpr uint32_t rope_col(uint32_t lane) { return kNope + 8 * (lane % 8); }
-
-// ---- the pipeline ----
-// Tile `it` goes to stage it % 2. An mbarrier completes phases 0, 1, 2, ...; a wait on parity
-// x returns once the phase of that parity has completed (a fresh barrier counts its phase
-// "-1", parity 1, as complete). Consumers wait on full[s] for the (it / 2)-th completion
-// (parity (it / 2) & 1); the producer waits on empty[s] for the consumers' release of the tile
-// two before (the (it / 2 - 1)-th completion: parity ((it / 2) & 1) ^ 1, passing at once for
-// the first two tiles).
-FLASHSEEK_HOST_DEVICE constexpr int stage_of(uint32_t it) { return static_cast<int>(it % kStages); }
-FLASHSEEK_HOST_DEVICE constexpr uint32_t full_parity(uint32_t it) { return (it / kStages) & 1u; }
-FLASHSEEK_HOST_DEVICE constexpr uint32_t empty_parity(uint32_t it) { return ((it / kStages) & 1u) ^ 1u; }
 
 // ---- work items and merges (src/backend/decode_plan.rs makes them) ----
 // Four u32 per item: query row, first key, end key, and the item's workspace slot, or kWhole

@@ -4,18 +4,12 @@
 //! experts' GEMM on the same core (`moe.rs` drives it). The tensor maps of A and B are encoded per
 //! call (host work of a few microseconds, no allocation on the device).
 
-use std::ffi::c_void;
-use std::mem::MaybeUninit;
-
-use cudarc::driver::sys::{
-    self, CUfunction_attribute, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-    CUtensorMapL2promotion, CUtensorMapSwizzle,
-};
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::gemm::{dim, Weight};
 use super::params::Fp8GemmWgmmaParams;
-use super::{driver, grid, product, CudaDevice, CudaLinear};
+use super::tma::{self, TensorMap};
+use super::{driver, grid, product, raise_smem_limit, CudaDevice, CudaLinear};
 use crate::error::{ensure_shape, Error, Result};
 use crate::gemm_tiles::GemmTiles;
 use crate::model::weights::blocks;
@@ -24,14 +18,6 @@ use crate::model::weights::blocks;
 const BOX_K: u32 = 128;
 /// TMA needs every row stride of the global tensor to be a multiple of 16 bytes.
 const K_ALIGN: usize = 16;
-
-/// A TMA tensor map, passed by value as a `const __grid_constant__ CUtensorMap` kernel parameter.
-#[repr(transparent)]
-pub(super) struct TensorMap(sys::CUtensorMap);
-
-// SAFETY: a plain 128-byte, 128-aligned struct of integers, the very layout of the kernels'
-// CUtensorMap parameter.
-unsafe impl DeviceRepr for TensorMap {}
 
 /// One kernel per tile shape (`<prefix>_m128n128` and the like), each allowed the dynamic shared
 /// memory its stages take.
@@ -54,9 +40,7 @@ impl WgmmaKernels {
         let mut kernels = Vec::with_capacity(shapes.len());
         for &t in shapes {
             let f = load(&format!("{prefix}_{t}"))?;
-            let bytes = i32::try_from(t.smem_bytes()).map_err(|_| Error::Input("shared memory size".into()))?;
-            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
-                .map_err(|e| driver(&format!("allowing {prefix}_{t} {bytes} bytes of shared memory"), e))?;
+            raise_smem_limit(&f, t.smem_bytes(), &format!("{prefix}_{t}"))?;
             kernels.push((t, f));
         }
         Ok(Self(kernels))
@@ -74,34 +58,14 @@ impl WgmmaKernels {
 /// The tensor map of a row-major `[rows, k]` byte matrix at `ptr`, in boxes of 128 columns by
 /// `box_rows` rows, 128B-swizzled (as fp8_gemm.cuh's layout reads it), zero-filled past the edges.
 pub(super) fn tensor_map(ptr: u64, rows: usize, k: usize, box_rows: usize, op: &'static str) -> Result<TensorMap> {
-    let dims = [k as u64, rows as u64];
     // Bytes between rows; the innermost stride is the element size, implied.
-    let strides = [k as u64];
-    let boxes = [BOX_K, box_rows as u32];
-    let element_strides = [1u32, 1];
-    let mut map = MaybeUninit::<sys::CUtensorMap>::zeroed();
-    // SAFETY: every pointer addresses an array of the rank (2) the call states (strides: rank - 1)
-    // and `map` a CUtensorMap to write; the driver only encodes, reading no device memory.
-    unsafe {
-        sys::cuTensorMapEncodeTiled(
-            map.as_mut_ptr(),
-            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
-            2,
-            ptr as *mut c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            element_strides.as_ptr(),
-            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    }
-    .result()
-    .map_err(|e| driver(&format!("{op}: encoding the tensor map of a [{rows}, {k}] matrix"), e))?;
-    // SAFETY: the call succeeded, so it wrote the map.
-    Ok(TensorMap(unsafe { map.assume_init() }))
+    tma::swizzled_u8(
+        ptr,
+        &[k as u64, rows as u64],
+        &[k as u64],
+        &[BOX_K, box_rows as u32],
+        &format!("{op}: a [{rows}, {k}] matrix"),
+    )
 }
 
 impl CudaDevice {

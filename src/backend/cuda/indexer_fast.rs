@@ -12,21 +12,16 @@
 //! Scores live in a workspace of at most 64 MiB: long prefills are scored a chunk of query rows at
 //! a time, each chunk's top-k queued right after its logits on the one stream.
 
-use std::ffi::c_void;
-use std::mem::MaybeUninit;
-
-use cudarc::driver::sys::{
-    self, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion,
-    CUtensorMapSwizzle,
-};
-use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys;
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::params::{
     IndexerFp8Params, FLASHSEEK_INDEXER_FP8_BINS, FLASHSEEK_INDEXER_FP8_DIM, FLASHSEEK_INDEXER_FP8_HEADS,
     FLASHSEEK_INDEXER_FP8_LOGITS_SMEM, FLASHSEEK_INDEXER_FP8_MAX_SMEM, FLASHSEEK_INDEXER_FP8_THREADS,
     FLASHSEEK_INDEXER_FP8_TOPK_SMEM, FLASHSEEK_INDEXER_FP8_TOPK_THREADS,
 };
-use super::{driver, grid, product, to_u32, CudaDevice};
+use super::tma::{self, TensorMap};
+use super::{driver, grid, product, raise_smem_limit, to_u32, CudaDevice};
 use crate::backend::{Pages, Queries};
 use crate::error::{ensure_shape, Error, Result};
 use crate::kv_layout::{IndexFp8, PAGE};
@@ -40,13 +35,6 @@ const MIN_PAGES_PER_SPLIT: usize = 8;
 /// Logits CTAs per multiprocessor aimed at (one runs at a time on each): several waves even out
 /// groups of different lengths.
 const WAVES: usize = 4;
-
-/// A CUDA tensor map, passed by value as a `__grid_constant__` kernel parameter.
-#[repr(transparent)]
-struct TensorMap(CUtensorMap);
-
-// SAFETY: an opaque 128-byte value the driver encoded, copied into the kernel's parameters.
-unsafe impl DeviceRepr for TensorMap {}
 
 /// The FP8 queries and the FP8 index key cache an indexer call reads.
 #[derive(Clone, Copy)]
@@ -95,12 +83,8 @@ fn plan_groups(list: &[u32], queries: Queries, per_split: usize) -> (Vec<u32>, V
 impl CudaDevice {
     /// Raises the dynamic shared memory limits of the indexer's Hopper kernels (once, at load).
     pub(super) fn init_indexer_fp8(logits: &CudaFunction, topk: &CudaFunction) -> Result<()> {
-        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        logits
-            .set_attribute(attr, FLASHSEEK_INDEXER_FP8_LOGITS_SMEM as i32)
-            .map_err(|e| driver("setting indexer_logits_fp8's shared memory", e))?;
-        topk.set_attribute(attr, FLASHSEEK_INDEXER_FP8_MAX_SMEM as i32)
-            .map_err(|e| driver("setting indexer_topk_fp8's shared memory", e))
+        raise_smem_limit(logits, FLASHSEEK_INDEXER_FP8_LOGITS_SMEM as usize, "indexer_logits_fp8")?;
+        raise_smem_limit(topk, FLASHSEEK_INDEXER_FP8_MAX_SMEM as usize, "indexer_topk_fp8")
     }
 
     /// Whether the FP8 indexer kernels take keys of `layout`, `heads` query heads and page tables
@@ -158,33 +142,15 @@ impl CudaDevice {
     /// The tensor map of the cache's key codes: `[cache_pages][64][128]` bytes, page stride
     /// `page_bytes`, loaded a page at a time into the 128-byte swizzle.
     fn key_map(&self, x: &IndexerFp8Input, cache_ptr: u64, op: &'static str) -> Result<TensorMap> {
-        let dims = [FLASHSEEK_INDEXER_FP8_DIM as u64, PAGE as u64, x.cache_pages as u64];
-        let strides = [FLASHSEEK_INDEXER_FP8_DIM as u64, x.layout.page_bytes() as u64];
-        let boxes = [FLASHSEEK_INDEXER_FP8_DIM, PAGE as u32, 1];
-        let element_strides = [1u32; 3];
-        let mut map = MaybeUninit::<CUtensorMap>::zeroed();
-        // SAFETY: every pointer addresses an array of the rank's length (3, strides 2) alive for
-        // the call; the driver only writes the map. The cache address is a cudarc allocation's
-        // (256-byte aligned), the strides are multiples of 16 (dim 128, page_bytes 8448).
-        unsafe {
-            sys::cuTensorMapEncodeTiled(
-                map.as_mut_ptr(),
-                CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
-                3,
-                cache_ptr as *mut c_void,
-                dims.as_ptr(),
-                strides.as_ptr(),
-                boxes.as_ptr(),
-                element_strides.as_ptr(),
-                CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-                CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-            )
-            .result()
-            .map_err(|e| driver(&format!("{op}: encoding the cache's tensor map"), e))?;
-            Ok(TensorMap(map.assume_init()))
-        }
+        // The cache address is a cudarc allocation's (256-byte aligned), the strides are multiples
+        // of 16 (dim 128, page_bytes 8448).
+        tma::swizzled_u8(
+            cache_ptr,
+            &[FLASHSEEK_INDEXER_FP8_DIM as u64, PAGE as u64, x.cache_pages as u64],
+            &[FLASHSEEK_INDEXER_FP8_DIM as u64, x.layout.page_bytes() as u64],
+            &[FLASHSEEK_INDEXER_FP8_DIM, PAGE as u32, 1],
+            &format!("{op}: the cache's keys"),
+        )
     }
 
     /// Pages per logits CTA for groups of `total_pages` pages in all.

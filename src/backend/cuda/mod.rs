@@ -23,6 +23,7 @@ mod moe;
 mod norm;
 mod quant;
 mod rope;
+mod tma;
 
 use std::sync::Arc;
 
@@ -76,6 +77,14 @@ unsafe impl DeviceRepr for params::MoePermuteParams {}
 
 // Every kernel file of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
+
+/// Lets kernel `f` (named `name` in errors) take `bytes` of dynamic shared memory: a kernel past
+/// 48 KB raises its limit once, at load.
+fn raise_smem_limit(f: &CudaFunction, bytes: usize, name: &str) -> Result<()> {
+    let limit = i32::try_from(bytes).map_err(|_| Error::Input(format!("{name}: {bytes} bytes of shared memory")))?;
+    f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit)
+        .map_err(|e| driver(&format!("allowing {name} {bytes} bytes of shared memory"), e))
+}
 
 fn driver(what: &str, e: cudarc::driver::DriverError) -> Error {
     Error::Input(format!("CUDA {what}: {e}"))
@@ -218,12 +227,7 @@ impl CudaDevice {
             moe_gemm_wgmma: fp8_gemm::WgmmaKernels::grouped(load)?,
         };
         Self::init_indexer_fp8(&kernels.indexer_logits_fp8, &kernels.indexer_topk_fp8)?;
-        // Kernels past 48 KB of dynamic shared memory raise their limit once.
-        let smem = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        kernels
-            .mla_decode_fp8
-            .set_attribute(smem, params::FLASHSEEK_MLA_FP8_SMEM as i32)
-            .map_err(|e| driver("shared memory of mla_decode_fp8", e))?;
+        raise_smem_limit(&kernels.mla_decode_fp8, params::FLASHSEEK_MLA_FP8_SMEM as usize, "mla_decode_fp8")?;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver("multiprocessor count", e))?;
