@@ -12,7 +12,8 @@
 //     instruction), dequantizes codes x scale to bf16 and stores them, with the bf16 RoPE values,
 //     in the 128-byte swizzle. A tile's loads are issued before the stage they go to drains.
 //   - bf16: copies the 1152-byte rows into the swizzled tile with 16-byte cp.async (zero-fill for
-//     masked keys), once the stage drains, and waits for them before it signals the stage.
+//     masked keys) once the stage drains, and signals a stage when its copies landed, after it
+//     issued the next tile's: two tiles in flight.
 // - warpgroups 0 and 1 (the math): g scores keys 32g..32g+31 of the tile against all 64 heads
 //   (36 wgmma m64n32k16 over the 576 columns), the two exchange their per-head maxima through
 //   shared memory, both take the same online-softmax step, write their half of P (bf16) to
@@ -76,8 +77,15 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint3
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
-// Waits for this thread's cp.async: their stores are then its own, ordered as st.shared.
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Closes the group of this thread's cp.async issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most N of this thread's committed groups are pending: the older groups' stores
+// are then its own, ordered as st.shared.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 
 __device__ __forceinline__ float ld_shared_f32(uint32_t addr) {
     float v;
@@ -217,19 +225,26 @@ __device__ __forceinline__ void produce_fp8(const MlaDecodeFp8Params& p, const W
     }
 }
 
-// The bf16 producer warpgroup: rows copied as they are into the two stages. A tile is 72 KB per
-// CTA in flight at once (36 copies a thread), with no registers held for it.
+// The bf16 producer warpgroup: rows copied as they are into the two stages, 36 16-byte copies a
+// thread per tile (72 KB per CTA), no registers held for them. Tile it's copies go out as soon as
+// its stage drains; the thread then waits for tile it - 1's (still in flight beside tile it's),
+// fences them and signals that stage: two tiles in flight while the math waits on the older.
+// Slots are resolved a tile ahead, after the signal, so their dependent global reads (top-k row,
+// block table) delay no stage.
 __device__ __forceinline__ void produce_bf16(const MlaDecodeFp8Params& p, const Work& w, uint32_t base) {
     const uint32_t warp = (threadIdx.x - kMathThreads) / 32;
     const uint32_t lane = threadIdx.x % 32;
     const Keys keys(p, w);
+    // Lanes 0..15 resolve the warp's 16 keys of a tile (bit j of its mask is key j); every lane
+    // then reads the slot of each of its copies by shuffle.
+    const auto resolve = [&](uint32_t it) -> long long {
+        const uint64_t e0 = static_cast<uint64_t>(w.begin) + static_cast<uint64_t>(it) * kTileKeys;
+        return lane < kKeysPerWarp && it < w.tiles ? keys.slot(p, w, e0 + producer_key(warp, 0, lane)) : -1;
+    };
+    long long slot = resolve(0);
     for (uint32_t it = 0; it < w.tiles; ++it) {
         const int stage = static_cast<int>(ring_stage(it, kStages));
-        const uint64_t e0 = static_cast<uint64_t>(w.begin) + static_cast<uint64_t>(it) * kTileKeys;
         const uint32_t tile = base + Smem::k(stage);
-        // Lanes 0..15 resolve the warp's 16 keys (bit j of `bits` is key j); every lane then reads
-        // the slot of each of its copies by shuffle.
-        const long long slot = lane < kKeysPerWarp ? keys.slot(p, w, e0 + producer_key(warp, 0, lane)) : -1;
         const uint32_t bits = __ballot_sync(0xffffffffu, slot >= 0) & 0xffffu;
         mbarrier_wait(base + Smem::empty(stage), ring_empty_parity(it, kStages));
 // Unrolled by 4 of the 36: fully, the copies' 36 addresses stay live across tiles and spill.
@@ -241,14 +256,25 @@ __device__ __forceinline__ void produce_bf16(const MlaDecodeFp8Params& p, const 
                 s >= 0 ? p.cache + bf16_row_offset(static_cast<uint64_t>(s)) + bf16_src(r, lane) : p.cache;
             cp_async_16(tile + tile_offset(bf16_key(warp, r, lane), bf16_col(r, lane)), src, s >= 0 ? 16u : 0u);
         }
+        cp_async_commit();
+        // Released with the stage's arrival (the next iteration's or the last one's).
         if (lane == 0) {
             st_shared_b16(base + Smem::mask_of(stage) + 2 * warp, static_cast<uint16_t>(bits));
         }
-        // The copies landed and are this thread's stores: then, as the FP8 producer's, fenced
-        // for the math warpgroups' wgmma (the async proxy) and released by the arrival.
-        cp_async_wait_all();
+        if (it > 0) {
+            // Tile it - 1's copies landed and are this thread's stores: then, as the FP8
+            // producer's, fenced for the math warpgroups' wgmma (the async proxy) and released by
+            // the arrival.
+            cp_async_wait_group<1>();
+            fence_proxy_async_shared_cta();
+            mbarrier_arrive(base + Smem::full(static_cast<int>(ring_stage(it - 1, kStages))));
+        }
+        slot = resolve(it + 1);
+    }
+    if (w.tiles > 0) {
+        cp_async_wait_group<0>();
         fence_proxy_async_shared_cta();
-        mbarrier_arrive(base + Smem::full(stage));
+        mbarrier_arrive(base + Smem::full(static_cast<int>(ring_stage(w.tiles - 1, kStages))));
     }
 }
 
