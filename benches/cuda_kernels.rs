@@ -431,9 +431,10 @@ fn mla_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     }
 }
 
-/// The Hopper decode over the FP8 latent cache (656-byte tokens), batch 1 to 128 at 128 heads,
-/// dense over 4k to 64k positions and over the indexer's top 2048, beside the simple kernel's
-/// f32-cache cases above. Bytes: the tokens read plus the f32 queries in and outputs out.
+/// The Hopper decode over the FP8 latent cache (656-byte tokens), then the same kernel over the
+/// bf16 cache (1152-byte rows), batch 1 to 128 at 128 heads, dense over 4k to 64k positions and
+/// over the indexer's top 2048, beside the simple kernel's cases above. Bytes: the tokens read
+/// plus the f32 queries in and outputs out.
 fn mla_fp8_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
     let dims = MlaDims { heads: 128, nope: 128, rope: 64, v: 128, kv_lora: 512 };
     let latent = LatentFp8::new(512, 64).expect("V3.2's latent");
@@ -464,7 +465,7 @@ fn mla_fp8_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>
             let topk = dev.upload(&topk).expect("topk");
             let keys = (batch * k) as f64;
             let (flops, bytes) = (per_key * keys, keys * latent.token_bytes() as f64 + per_row * batch as f64);
-            bench(c, dev, entries, ("mla_decode top-2048 fp8 cache (wgmma)", id), (flops, bytes), || {
+            bench(c, dev, entries, ("mla_decode top-2048 fp8 cache (wgmma)", id.clone()), (flops, bytes), || {
                 dev.mla_decode_fp8(
                     &q,
                     batch,
@@ -479,6 +480,36 @@ fn mla_fp8_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>
                     &mut out,
                 )
                 .expect("mla_decode_fp8")
+            });
+            drop(cache);
+            let row = 2 * dims.latent();
+            let Ok(cache) = dev.zeros::<u8>(rows * row) else {
+                eprintln!("mla_decode_bf16 {batch}x{ctx}: the cache does not fit on this GPU");
+                continue;
+            };
+            let keys = (batch * ctx) as f64;
+            let (flops, bytes) = (per_key * keys, keys * row as f64 + per_row * batch as f64);
+            bench(c, dev, entries, ("mla_decode dense bf16 cache (wgmma)", id.clone()), (flops, bytes), || {
+                dev.mla_decode_bf16(&q, batch, &cache, dims.latent(), rows, queries, pages, None, 0.1, dims, &mut out)
+                    .expect("mla_decode_bf16")
+            });
+            let keys = (batch * k) as f64;
+            let (flops, bytes) = (per_key * keys, keys * row as f64 + per_row * batch as f64);
+            bench(c, dev, entries, ("mla_decode top-2048 bf16 cache (wgmma)", id), (flops, bytes), || {
+                dev.mla_decode_bf16(
+                    &q,
+                    batch,
+                    &cache,
+                    dims.latent(),
+                    rows,
+                    queries,
+                    pages,
+                    Some((&topk, k)),
+                    0.1,
+                    dims,
+                    &mut out,
+                )
+                .expect("mla_decode_bf16")
             });
         }
     }

@@ -218,6 +218,42 @@ fn producer_writes_every_tile_byte_once_from_its_source() {
     assert!(count.iter().all(|&c| c == 1), "a tile value written {:?} times", count.iter().find(|&&c| c != 1));
 }
 
+/// The bf16 producer: every byte of a tile copied exactly once per tile, to where the tile layout
+/// puts its (key, column), from the row bytes of that column (2 a value); each 8-lane phase of a
+/// copy step stores to 8 distinct bank groups; row offsets in 64 bits.
+#[test]
+fn bf16_producer_copies_every_tile_byte_once_from_its_source() {
+    let src = program(
+        "  for (uint32_t w = 0; w < 4; ++w) for (uint32_t r = 0; r < kBf16Copies; ++r) for (uint32_t l = 0; l < 32; \
+         ++l)\n    std::printf(\"%u %u %u %u %u \", bf16_key(w, r, l), bf16_warp_key(r, l), bf16_col(r, l), bf16_src(r, \
+         l), tile_offset(bf16_key(w, r, l), bf16_col(r, l)));\n  std::printf(\"%d %d %llu\", kBf16Copies, \
+         kBf16RowBytes, (unsigned long long)bf16_row_offset(5000000000ull));",
+    );
+    let Some(out) = host_cpp::run("mla_bf16_producer", &src) else { return };
+    let got = host_cpp::numbers(&out);
+    let copies = 16 * 72 / 32;
+    assert_eq!(got.len(), 4 * copies * 32 * 5 + 3);
+    assert_eq!(&got[got.len() - 3..], &[copies as u64, 1152, 5_000_000_000 * 1152]);
+    let mut count = vec![0u32; 64 * 1152];
+    for (i, c) in got[..got.len() - 3].chunks(5).enumerate() {
+        let (w, lane) = (i / (copies * 32), i % 32);
+        let (key, warp_key, col, src, dst) = (c[0], c[1], c[2], c[3], c[4]);
+        assert!(warp_key < 16 && key == 16 * w as u64 + warp_key, "warp {w} copies its own 16 keys");
+        assert!(col % 8 == 0 && col + 8 <= 576);
+        assert_eq!(src, 2 * col, "row byte 2i is column i");
+        assert_eq!(dst, element(0, key, col), "the tile layout's place of (key, col)");
+        for b in dst..dst + 16 {
+            count[b as usize] += 1;
+        }
+        if lane % 8 == 7 {
+            let phase = &got[5 * (i - 7)..5 * (i + 1)];
+            let banks: HashSet<u64> = phase.chunks(5).map(|c| c[4] / 16 % 8).collect();
+            assert_eq!(banks.len(), 8, "copy {i}: an 8-lane phase stores to 8 bank groups");
+        }
+    }
+    assert!(count.iter().all(|&c| c == 1), "a tile byte written {:?} times", count.iter().find(|&&c| c != 1));
+}
+
 /// position_slot and entry_position against `Pages::slot` and the CPU's candidate rule, over
 /// random tables (pages out of order, short tables, cache rows past the cache).
 #[test]
@@ -295,13 +331,14 @@ impl Rng {
 /// and f32 for the sums, the whole row's output or the partials, then the combine of
 /// `decode.cu` (ported). Against exact attention over the decoded cache within the GPU half of
 /// `mla_bound`, for dense and sparse rows, ragged contexts, -1 and out-of-range entries, and
-/// plans with and without splits.
+/// plans with and without splits; over the FP8 cache and over the bf16 cache of the same
+/// (bf16-exact) values, read as the bf16 producer reads it.
 #[test]
 fn emulated_data_flow_matches_exact_attention() {
     let token = LatentFp8::new(512, 64).unwrap();
     let heads = 64usize;
     let block_size = 64usize;
-    for (case, (ctx, sparse, ctas)) in [
+    for (case, (ctx, sparse, ctas), bf16) in [
         (vec![1usize, 70, 300], false, 132usize),
         (vec![900, 5], false, 4),
         (vec![400, 130, 64], true, 132),
@@ -314,7 +351,9 @@ fn emulated_data_flow_matches_exact_attention() {
     ]
     .into_iter()
     .enumerate()
+    .flat_map(|(case, c)| [(case, c.clone(), false), (case, c, true)])
     {
+        let tag = format!("{case}{}", if bf16 { "_bf16" } else { "" });
         let mut rng = Rng(case as u64 + 1);
         let rows = ctx.len();
         // Each row its own sequence with shuffled pages of a shared pool.
@@ -362,13 +401,20 @@ fn emulated_data_flow_matches_exact_attention() {
 
         let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let write = |name: &str, bytes: &[u8]| {
-            let path = dir.join(format!("mla_flow_{case}_{name}"));
+            let path = dir.join(format!("mla_flow_{tag}_{name}"));
             std::fs::write(&path, bytes).unwrap();
             path.display().to_string()
         };
         let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let q_path = write("q", &f32s(&q));
-        let cache_path = write("cache", &cache);
+        let cache_path = if bf16 {
+            // The decoded values are bf16 already (e4m3 times a power of two, bf16 RoPE).
+            let rows: Vec<u8> = decoded.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
+            assert!(decoded.iter().all(|x| x.to_bits() & 0xffff == 0));
+            write("cache", &rows)
+        } else {
+            write("cache", &cache)
+        };
         let src = format!(
             "{HEADER}{}",
             EMULATION
@@ -391,10 +437,11 @@ fn emulated_data_flow_matches_exact_attention() {
                 .replace("@TOPK@", &if sparse { join(topk.iter()) } else { "0".into() })
                 .replace("@TOPKCOLS@", &k.to_string())
                 .replace("@SPARSE@", if sparse { "true" } else { "false" })
+                .replace("@BF16@", if bf16 { "true" } else { "false" })
                 .replace("@ITEMS@", &join(plan.words().iter()))
                 .replace("@NITEMS@", &plan.items.len().to_string())
         );
-        let Some(out) = host_cpp::run(&format!("mla_flow_{case}"), &src) else { return };
+        let Some(out) = host_cpp::run(&format!("mla_flow_{tag}"), &src) else { return };
         let got: Vec<f32> = out.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         assert_eq!(got.len(), rows * heads * 512);
         let pages = Pages { block_size, blocks: &blocks, starts: &starts };
@@ -430,7 +477,8 @@ fn emulated_data_flow_matches_exact_attention() {
         }
         let split = plan.items.iter().filter(|w| w.part != WHOLE).count();
         eprintln!(
-            "emulation case {case}: {} items ({split} split), worst error {worst:.3} of the bound",
+            "emulation case {case} ({}): {} items ({split} split), worst error {worst:.3} of the bound",
+            if bf16 { "bf16" } else { "fp8" },
             plan.items.len()
         );
     }
@@ -470,7 +518,7 @@ int main() {
     const uint32_t pos[] = {@POS@}, seq[] = {@SEQ@}, starts[] = {@STARTS@}, blocks[] = {@BLOCKS@};
     const uint32_t n_starts = @NSTARTS@, n_blocks = @NBLOCKS@, topk_cols = @TOPKCOLS@;
     const int32_t topk[] = {@TOPK@};
-    const bool sparse = @SPARSE@;
+    const bool sparse = @SPARSE@, bf16_cache = @BF16@;
     const uint32_t items[] = {@ITEMS@};
     std::vector<unsigned char> qb = slurp("@Q@"), cache = slurp("@CACHE@");
     const float* q = reinterpret_cast<const float*>(qb.data());
@@ -498,10 +546,14 @@ int main() {
                     }
                     valid[j] = s >= 0;
                     keys += valid[j];
-                    const unsigned char* tok = cache.data() + (s >= 0 ? token_offset((uint64_t)s) : 0);
+                    const uint64_t at = s < 0 ? 0 : bf16_cache ? bf16_row_offset((uint64_t)s) : token_offset((uint64_t)s);
+                    const unsigned char* tok = cache.data() + at;
                     for (int d = 0; d < kLatent; ++d) {
                         float v = 0.0f;
-                        if (s >= 0 && d < kNope) {
+                        if (s >= 0 && bf16_cache) {
+                            uint16_t b; std::memcpy(&b, tok + 2 * d, 2);
+                            uint32_t w = (uint32_t)b << 16; std::memcpy(&v, &w, 4);
+                        } else if (s >= 0 && d < kNope) {
                             float sc; std::memcpy(&sc, tok + token_layout().scale_offset() + 4 * (d / 128), 4);
                             v = e4m3(tok[d]) * sc;
                         } else if (s >= 0) {

@@ -400,9 +400,10 @@ typedef struct MlaDecodeParams {
     unsigned cache_format;
 } MlaDecodeParams;
 
-// The Hopper decode over the FP8 latent cache (decode_fast.cu; index math in decode_fast.cuh):
-// DeepSeek-V3.2's latent only (512 NoPE + 64 RoPE, kv_layout.cuh's 656-byte tokens), 64 heads
-// per CTA, 384 threads (two math warpgroups and a loading one), this much dynamic shared memory.
+// The Hopper decode over the FP8 latent cache or the bf16 cache (decode_fast.cu; index math in
+// decode_fast.cuh): DeepSeek-V3.2's latent only (512 NoPE + 64 RoPE, kv_layout.cuh's 656-byte
+// tokens, or rows of 576 bf16), 64 heads per CTA, 384 threads (two math warpgroups and a
+// loading one), this much dynamic shared memory.
 #define FLASHSEEK_MLA_FP8_HEADS 64
 #define FLASHSEEK_MLA_FP8_THREADS 384
 #define FLASHSEEK_MLA_FP8_SMEM 231984
@@ -419,7 +420,8 @@ typedef struct MlaDecodeParams {
 // a split item writes part_stat[(slot, head)] = (max, sum, keys) and part_acc[(slot, head), :512].
 // flashseek_mla_decode_fp8_combine_f32 (FLASHSEEK_MLA_COMBINE_THREADS threads, one block per
 // (merge, head), head fastest) merges them: merges holds n_merges entries of 3 u32 (row, first
-// slot, slots; at most FLASHSEEK_MLA_MAX_SPLITS).
+// slot, slots; at most FLASHSEEK_MLA_MAX_SPLITS). flashseek_mla_decode_bf16_f32 is the same
+// over the bf16 cache (`slots` rows of 576 bf16, 1152 bytes), with the same combine.
 typedef struct MlaDecodeFp8Params {
     const float* q;
     const unsigned char* cache;

@@ -1,22 +1,26 @@
-// MLA decode over the FP8 latent cache on Hopper (FlashMLA's V3.2 sparse FP8 decode, in
-// numerics): the latent dequantized to bf16 in shared memory (e4m3 times a power-of-two scale
-// is exact in bf16), the query rounded to bf16, S = Q K^T and O += P V on bf16 wgmma with f32
-// accumulation, the online softmax in f32 registers, P rounded to bf16. Dense (positions
-// 0..=pos) and sparse (top-k entries, -1 or past pos masked) in one kernel.
+// MLA decode over the FP8 latent cache or the bf16 cache on Hopper (FlashMLA's V3.2 sparse FP8
+// decode, in numerics): the latent dequantized (FP8) or copied (bf16) to bf16 in shared memory
+// (e4m3 times a power-of-two scale is exact in bf16), the query rounded to bf16, S = Q K^T and
+// O += P V on bf16 wgmma with f32 accumulation, the online softmax in f32 registers, P rounded to
+// bf16. Dense (positions 0..=pos) and sparse (top-k entries, -1 or past pos masked) in one kernel.
 //
 // One CTA per (work item, 64 heads), 384 threads (decode_fast.cuh has the index math):
 // - warpgroup 2 (the producer) resolves each tile's 64 keys to cache slots through the block
-//   table (and the top-k row), loads their 656-byte tokens (16-byte loads, a warp reads a
-//   token's 512 codes in one instruction), dequantizes codes x scale to bf16 and stores them,
-//   with the bf16 RoPE values, in the 128-byte swizzle; zeros for masked keys. Two stages
-//   (mbarriers full/empty): a tile's loads are issued before the stage they go to drains.
+//   table (and the top-k row) and fills a stage of the ring (mbarriers full/empty, two stages);
+//   zeros for masked keys. Its code is the cache format's, everything else is shared:
+//   - FP8: loads the 656-byte tokens (16-byte loads, a warp reads a token's 512 codes in one
+//     instruction), dequantizes codes x scale to bf16 and stores them, with the bf16 RoPE values,
+//     in the 128-byte swizzle. A tile's loads are issued before the stage they go to drains.
+//   - bf16: copies the 1152-byte rows into the swizzled tile with 16-byte cp.async (zero-fill for
+//     masked keys) once the stage drains, and signals a stage when its copies landed, after it
+//     issued the next tile's: two tiles in flight.
 // - warpgroups 0 and 1 (the math): g scores keys 32g..32g+31 of the tile against all 64 heads
 //   (36 wgmma m64n32k16 over the 576 columns), the two exchange their per-head maxima through
 //   shared memory, both take the same online-softmax step, write their half of P (bf16) to
 //   shared memory, and each adds P V for its 256 output columns (4 wgmma m64n256k16, V read
 //   transposed from the same tile). Each holds 64 x 256 f32 of O in registers (128 a thread).
 // At the end a row's only item writes O / l; a split item writes O, max and l to its workspace
-// slot, and flashseek_mla_decode_fp8_combine_f32 merges a split row's slots.
+// slot, and flashseek_mla_decode_fp8_combine_f32 merges a split row's slots (for both formats).
 #include <cstdint>
 
 #include "flashseek/params.h"
@@ -67,6 +71,22 @@ __device__ __forceinline__ void st_shared_b16(uint32_t addr, uint16_t a) {
     asm volatile("st.shared.b16 [%0], %1;" ::"r"(addr), "h"(a) : "memory");
 }
 
+// 16 bytes global to shared, the first `src_bytes` (16 or 0) from `src`, the rest zeros; L2 only
+// (a row is read once per CTA).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// Closes the group of this thread's cp.async issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Waits until at most N of this thread's committed groups are pending: the older groups' stores
+// are then its own, ordered as st.shared.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 __device__ __forceinline__ float ld_shared_f32(uint32_t addr) {
     float v;
     asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
@@ -111,16 +131,37 @@ struct Work {
     uint32_t tiles;
 };
 
-// The producer warpgroup: tiles of 64 keys into the two stages.
-__device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work& w, uint32_t base) {
+// An item's entries to cache slots: entry e's, or -1 where it is none (past the item, a top-k
+// entry below 0 or past the position, a position without a page).
+struct Keys {
+    const uint32_t* blocks;
+    uint64_t first;
+    const int32_t* topk_row;
+    uint32_t pos;
+
+    __device__ __forceinline__ Keys(const MlaDecodeFp8Params& p, const Work& w) {
+        pos = p.meta[w.row];
+        const uint32_t seq = p.meta[p.rows + w.row];
+        const uint32_t* starts = p.meta + 2 * static_cast<size_t>(p.rows);
+        blocks = starts + p.n_starts;
+        first = seq < p.n_starts ? starts[seq] : p.n_blocks;
+        topk_row = p.topk != nullptr ? p.topk + static_cast<size_t>(w.row) * p.topk_cols : nullptr;
+    }
+
+    __device__ __forceinline__ long long slot(const MlaDecodeFp8Params& p, const Work& w, uint64_t e) const {
+        if (e >= w.end) {
+            return -1;
+        }
+        const long long t = entry_position(topk_row, e, pos);
+        return t < 0 ? -1 : position_slot(blocks, p.n_blocks, first, p.block_size, p.slots, static_cast<uint64_t>(t));
+    }
+};
+
+// The FP8 producer warpgroup: tiles of 64 keys into the two stages.
+__device__ __forceinline__ void produce_fp8(const MlaDecodeFp8Params& p, const Work& w, uint32_t base) {
     const uint32_t warp = (threadIdx.x - kMathThreads) / 32;
     const uint32_t lane = threadIdx.x % 32;
-    const uint32_t pos = p.meta[w.row];
-    const uint32_t seq = p.meta[p.rows + w.row];
-    const uint32_t* starts = p.meta + 2 * static_cast<size_t>(p.rows);
-    const uint32_t* blocks = starts + p.n_starts;
-    const uint64_t first = seq < p.n_starts ? starts[seq] : p.n_blocks;
-    const int32_t* topk_row = p.topk != nullptr ? p.topk + static_cast<size_t>(w.row) * p.topk_cols : nullptr;
+    const Keys keys(p, w);
     for (uint32_t it = 0; it < w.tiles; ++it) {
         const int stage = static_cast<int>(ring_stage(it, kStages));
         const uint64_t e0 = static_cast<uint64_t>(w.begin) + static_cast<uint64_t>(it) * kTileKeys;
@@ -133,17 +174,7 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
 #pragma unroll
         for (uint32_t half = 0; half < 2; ++half) {
             // Lanes 0..7 resolve the half's 8 keys; every lane then reads them by shuffle.
-            long long slot = -1;
-            if (lane < kKeysPerHalf) {
-                const uint64_t e = e0 + producer_key(warp, half, lane);
-                if (e < w.end) {
-                    const long long t = entry_position(topk_row, e, pos);
-                    if (t >= 0) {
-                        slot = position_slot(blocks, p.n_blocks, first, p.block_size, p.slots,
-                                             static_cast<uint64_t>(t));
-                    }
-                }
-            }
+            const long long slot = lane < kKeysPerHalf ? keys.slot(p, w, e0 + producer_key(warp, half, lane)) : -1;
             bits |= (__ballot_sync(0xffffffffu, slot >= 0) & 0xffu) << (8 * half);
 #pragma unroll
             for (uint32_t j = 0; j < kKeysPerHalf; ++j) {
@@ -191,6 +222,59 @@ __device__ __forceinline__ void produce(const MlaDecodeFp8Params& p, const Work&
         }
         fence_proxy_async_shared_cta();
         mbarrier_arrive(base + Smem::full(stage));
+    }
+}
+
+// The bf16 producer warpgroup: rows copied as they are into the two stages, 36 16-byte copies a
+// thread per tile (72 KB per CTA), no registers held for them. Tile it's copies go out as soon as
+// its stage drains; the thread then waits for tile it - 1's (still in flight beside tile it's),
+// fences them and signals that stage: two tiles in flight while the math waits on the older.
+// Slots are resolved a tile ahead, after the signal, so their dependent global reads (top-k row,
+// block table) delay no stage.
+__device__ __forceinline__ void produce_bf16(const MlaDecodeFp8Params& p, const Work& w, uint32_t base) {
+    const uint32_t warp = (threadIdx.x - kMathThreads) / 32;
+    const uint32_t lane = threadIdx.x % 32;
+    const Keys keys(p, w);
+    // Lanes 0..15 resolve the warp's 16 keys of a tile (bit j of its mask is key j); every lane
+    // then reads the slot of each of its copies by shuffle.
+    const auto resolve = [&](uint32_t it) -> long long {
+        const uint64_t e0 = static_cast<uint64_t>(w.begin) + static_cast<uint64_t>(it) * kTileKeys;
+        return lane < kKeysPerWarp && it < w.tiles ? keys.slot(p, w, e0 + producer_key(warp, 0, lane)) : -1;
+    };
+    long long slot = resolve(0);
+    for (uint32_t it = 0; it < w.tiles; ++it) {
+        const int stage = static_cast<int>(ring_stage(it, kStages));
+        const uint32_t tile = base + Smem::k(stage);
+        const uint32_t bits = __ballot_sync(0xffffffffu, slot >= 0) & 0xffffu;
+        mbarrier_wait(base + Smem::empty(stage), ring_empty_parity(it, kStages));
+// Unrolled by 4 of the 36: fully, the copies' 36 addresses stay live across tiles and spill.
+#pragma unroll 4
+        for (uint32_t r = 0; r < kBf16Copies; ++r) {
+            const long long s = __shfl_sync(0xffffffffu, slot, bf16_warp_key(r, lane));
+            // A masked key reads nothing (0 source bytes) from a valid address and stores zeros.
+            const unsigned char* src =
+                s >= 0 ? p.cache + bf16_row_offset(static_cast<uint64_t>(s)) + bf16_src(r, lane) : p.cache;
+            cp_async_16(tile + tile_offset(bf16_key(warp, r, lane), bf16_col(r, lane)), src, s >= 0 ? 16u : 0u);
+        }
+        cp_async_commit();
+        // Released with the stage's arrival (the next iteration's or the last one's).
+        if (lane == 0) {
+            st_shared_b16(base + Smem::mask_of(stage) + 2 * warp, static_cast<uint16_t>(bits));
+        }
+        if (it > 0) {
+            // Tile it - 1's copies landed and are this thread's stores: then, as the FP8
+            // producer's, fenced for the math warpgroups' wgmma (the async proxy) and released by
+            // the arrival.
+            cp_async_wait_group<1>();
+            fence_proxy_async_shared_cta();
+            mbarrier_arrive(base + Smem::full(static_cast<int>(ring_stage(it - 1, kStages))));
+        }
+        slot = resolve(it + 1);
+    }
+    if (w.tiles > 0) {
+        cp_async_wait_group<0>();
+        fence_proxy_async_shared_cta();
+        mbarrier_arrive(base + Smem::full(static_cast<int>(ring_stage(w.tiles - 1, kStages))));
     }
 }
 
@@ -370,10 +454,11 @@ __device__ __forceinline__ void attend(const MlaDecodeFp8Params& p, const Work& 
     }
 }
 
-}  // namespace
+// The cache formats: the producer's code, the rest of the kernel is one.
+enum class Format { Fp8, Bf16 };
 
-extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
-    flashseek_mla_decode_fp8_f32(const MlaDecodeFp8Params p) {
+template <Format F>
+__device__ __forceinline__ void decode(const MlaDecodeFp8Params& p) {
     extern __shared__ __align__(1024) unsigned char smem[];
     const uint32_t raw = smem_addr(smem);
     const uint32_t base = (raw + 1023u) & ~1023u;
@@ -398,11 +483,28 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
     __syncthreads();
     if (threadIdx.x >= kMathThreads) {
         setmaxnreg_dec<kProducerRegs>();
-        produce(p, w, base);
+        if constexpr (F == Format::Fp8) {
+            produce_fp8(p, w, base);
+        } else {
+            produce_bf16(p, w, base);
+        }
     } else {
         setmaxnreg_inc<kMathRegs>();
         attend(p, w, base);
     }
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
+    flashseek_mla_decode_fp8_f32(const MlaDecodeFp8Params p) {
+    decode<Format::Fp8>(p);
+}
+
+// The same kernel over the bf16 cache: p.cache holds p.slots rows of 576 bf16.
+extern "C" __global__ void __launch_bounds__(FLASHSEEK_MLA_FP8_THREADS, 1)
+    flashseek_mla_decode_bf16_f32(const MlaDecodeFp8Params p) {
+    decode<Format::Bf16>(p);
 }
 
 // Merges the slots of one split row and head, block blockIdx.x = merge * heads + head: with M the

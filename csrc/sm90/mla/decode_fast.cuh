@@ -1,19 +1,21 @@
-// Index math of the Hopper MLA decode over the FP8 latent cache (decode_fast.cu), host and
-// device: the shared-memory layout of the 128-byte-swizzled tiles and the wgmma descriptors of
-// its operands, the producer's lane-to-byte map, page and top-k addressing, and the online-softmax
-// step, on the common Hopper layout (../../common/sm90_layout.cuh: the swizzle, the descriptor
-// encoding, the accumulator fragment map, the mbarrier ring). tests/mla_index_math.rs compiles
-// this header on the host and checks each piece against an independent formulation (the PTX ISA's
-// canonical layouts, CuTe's Swizzle<3,4,3>, brute force).
+// Index math of the Hopper MLA decode over the FP8 latent cache and the bf16 cache
+// (decode_fast.cu), host and device: the shared-memory layout of the 128-byte-swizzled tiles and
+// the wgmma descriptors of its operands, the two producers' lane-to-byte maps, page and top-k
+// addressing, and the online-softmax step, on the common Hopper layout
+// (../../common/sm90_layout.cuh: the swizzle, the descriptor encoding, the accumulator fragment
+// map, the mbarrier ring). tests/mla_index_math.rs compiles this header on the host and checks
+// each piece against an independent formulation (the PTX ISA's canonical layouts, CuTe's
+// Swizzle<3,4,3>, brute force).
 //
 // The kernel's shape (DeepSeek-V3.2's latent only): one CTA per (work item, 64 heads); a work
 // item is a query row and a range of its keys (positions, or top-k entries). Keys come in tiles
-// of 64; a tile is 64 tokens of 576 bf16 values (512 dequantized NoPE + 64 RoPE), stored as 9
-// chunks of 64 columns, each chunk 64 rows of 128 bytes in the 128-byte swizzle. The query tile
-// (64 heads x 576) has the same layout. Warpgroup g (0 or 1) scores keys 32g..32g+31 of a tile
-// against all 64 heads (S = Q K^T, m64n32k16, 36 steps over the 576 columns) and owns output
-// columns 256g..256g+255 (O += P V, m64n256k16, 4 steps over the 64 keys, V read transposed from
-// the same tile). The third warpgroup loads and dequantizes tiles.
+// of 64; a tile is 64 tokens of 576 bf16 values (512 NoPE, dequantized or copied, + 64 RoPE),
+// stored as 9 chunks of 64 columns, each chunk 64 rows of 128 bytes in the 128-byte swizzle. The
+// query tile (64 heads x 576) has the same layout. Warpgroup g (0 or 1) scores keys 32g..32g+31
+// of a tile against all 64 heads (S = Q K^T, m64n32k16, 36 steps over the 576 columns) and owns
+// output columns 256g..256g+255 (O += P V, m64n256k16, 4 steps over the 64 keys, V read
+// transposed from the same tile). The third warpgroup loads tiles: it dequantizes FP8 tokens, or
+// copies bf16 rows.
 #pragma once
 
 #include <cstdint>
@@ -153,6 +155,34 @@ FLASHSEEK_HOST_DEVICE inline uint32_t rope_src(uint32_t lane) {
     return static_cast<uint32_t>(token_layout().rope_offset()) + 16 * (lane % 8);
 }
 FLASHSEEK_HOST_DEVICE constexpr uint32_t rope_col(uint32_t lane) { return kNope + 8 * (lane % 8); }
+
+// ---- the bf16 producer ----
+// A bf16 cache row is the tile row as it is: 576 bf16 (1152 bytes, 72 vectors of 16 bytes).
+// Warp w copies keys w·16 .. w·16 + 15 of a tile: its 16 rows are 16 x 72 vectors, 36 per lane;
+// copy r of lane l is vector i = 32r + l of them, key i / 72 and vector i % 72 of that row.
+// Consecutive lanes read consecutive vectors of a row (whole 128-byte lines: a row is 9 lines)
+// and each 8-lane phase of the stores covers the 8 bank groups of a swizzled row once.
+constexpr int kBf16RowBytes = kLatent * 2;
+constexpr int kBf16RowVecs = kBf16RowBytes / 16;
+constexpr int kBf16Copies = kKeysPerWarp * kBf16RowVecs / 32;
+static_assert(kKeysPerWarp * kBf16RowVecs % 32 == 0, "a warp's rows are whole copies of its 32 lanes");
+FLASHSEEK_HOST_DEVICE constexpr uint32_t bf16_vec(uint32_t r, uint32_t lane) { return 32 * r + lane; }
+// The key (tile row) of copy r of a lane, and its index among its warp's 16 keys.
+FLASHSEEK_HOST_DEVICE constexpr uint32_t bf16_warp_key(uint32_t r, uint32_t lane) {
+    return bf16_vec(r, lane) / kBf16RowVecs;
+}
+FLASHSEEK_HOST_DEVICE constexpr uint32_t bf16_key(uint32_t warp, uint32_t r, uint32_t lane) {
+    return warp * kKeysPerWarp + bf16_warp_key(r, lane);
+}
+// Source bytes within the row, and the tile column of the first of the 8 values copied.
+FLASHSEEK_HOST_DEVICE constexpr uint32_t bf16_src(uint32_t r, uint32_t lane) {
+    return 16 * (bf16_vec(r, lane) % kBf16RowVecs);
+}
+FLASHSEEK_HOST_DEVICE constexpr uint32_t bf16_col(uint32_t r, uint32_t lane) {
+    return 8 * (bf16_vec(r, lane) % kBf16RowVecs);
+}
+// Byte offset of cache slot `slot`'s row (64-bit: a cache passes 4 GB at 3.7M rows).
+FLASHSEEK_HOST_DEVICE constexpr uint64_t bf16_row_offset(uint64_t slot) { return slot * kBf16RowBytes; }
 
 // ---- work items and merges (src/backend/decode_plan.rs makes them) ----
 // Four u32 per item: query row, first key, end key, and the item's workspace slot, or kWhole

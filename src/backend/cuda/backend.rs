@@ -358,8 +358,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check::mla_decode(q_lat, cache, topk, dims, out)?;
         let topk = topk.map(|t| (&t.buf, t.cols));
-        if let CacheView::Latent(bytes, layout) = cache.view()? {
-            if CudaDevice::mla_decode_fp8_supports(layout, dims) {
+        match cache.view()? {
+            CacheView::Latent(bytes, layout) if CudaDevice::mla_decode_fp8_supports(layout, dims) => {
                 return self.dev.mla_decode_fp8(
                     &q_lat.buf,
                     q_lat.rows,
@@ -374,6 +374,22 @@ impl Backend for CudaBackend {
                     &mut out.buf,
                 );
             }
+            CacheView::Bf16(bytes, cols) if CudaDevice::mla_decode_bf16_supports(cols, dims) => {
+                return self.dev.mla_decode_bf16(
+                    &q_lat.buf,
+                    q_lat.rows,
+                    bytes,
+                    cols,
+                    cache.rows,
+                    queries,
+                    pages,
+                    topk,
+                    scale,
+                    dims,
+                    &mut out.buf,
+                );
+            }
+            _ => {}
         }
         self.dev.mla_decode(
             &q_lat.buf,

@@ -125,6 +125,7 @@ struct Kernels {
     mla_decode: CudaFunction,
     mla_decode_combine: CudaFunction,
     mla_decode_fp8: CudaFunction,
+    mla_decode_bf16: CudaFunction,
     mla_decode_fp8_combine: CudaFunction,
     mla_prefill: CudaFunction,
     mla_prefill_topk: CudaFunction,
@@ -210,6 +211,7 @@ impl CudaDevice {
             mla_decode: load("mla_decode")?,
             mla_decode_combine: load("mla_decode_combine")?,
             mla_decode_fp8: load("mla_decode_fp8")?,
+            mla_decode_bf16: load("mla_decode_bf16")?,
             mla_decode_fp8_combine: load("mla_decode_fp8_combine")?,
             mla_prefill: load("mla_prefill")?,
             mla_prefill_topk: load("mla_prefill_topk")?,
@@ -228,6 +230,7 @@ impl CudaDevice {
         };
         Self::init_indexer_fp8(&kernels.indexer_logits_fp8, &kernels.indexer_topk_fp8)?;
         raise_smem_limit(&kernels.mla_decode_fp8, params::FLASHSEEK_MLA_FP8_SMEM as usize, "mla_decode_fp8")?;
+        raise_smem_limit(&kernels.mla_decode_bf16, params::FLASHSEEK_MLA_FP8_SMEM as usize, "mla_decode_bf16")?;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| driver("multiprocessor count", e))?;
