@@ -358,6 +358,10 @@ fn moe_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option
     });
 }
 
+/// What [`gpu_moe`] gives: the output, the layout taken, and the simple masked layout's output
+/// where that layout was [`MoeLayout::MaskedWgmma`].
+type GpuMoe = (Vec<f32>, MoeLayout, Option<Vec<f32>>);
+
 /// The GPU's `moe_experts` of `c`, the layout it took and, where that is
 /// [`MoeLayout::MaskedWgmma`], the simple masked layout's output; with at most 64 assignments
 /// the two simple layouts run and must agree bit for bit.
@@ -366,7 +370,7 @@ fn gpu_moe(
     hosts: &[HostExpert],
     c: &MoeCase,
     quant: Option<ScaleFmt>,
-) -> Result<(Vec<f32>, MoeLayout, Option<Vec<f32>>), TestCaseError> {
+) -> Result<GpuMoe, TestCaseError> {
     let experts = dev.load_experts(hosts).expect("cuda load_experts");
     let layout = MoeLayout::for_call(c.rows * c.top_k, &experts, quant);
     let (x, idx, w) = (upload(dev, &c.x), upload_ints(dev, &c.idx), upload(dev, &c.weights));
