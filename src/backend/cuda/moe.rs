@@ -9,7 +9,8 @@
 //! contiguous layout adds three small kernels before the GEMMs that sort the assignments by
 //! expert ([`MoeLayout`]); on FP8 experts it runs the Hopper grouped GEMM
 //! ([`MoeLayout::ContiguousWgmma`], `csrc/sm90/gemm/fp8_gemm.cu`) over a padded, permuted copy of
-//! the activations. Scratch buffers (the sort, the quantized activations, the
+//! the activations, and for decode the same GEMM in the masked layout
+//! ([`MoeLayout::MaskedWgmma`]: one small kernel instead of the sort). Scratch buffers (the sort, the quantized activations, the
 //! intermediate and the experts' outputs) are allocated per call on the stream, as `linear`
 //! allocates its quantized activations.
 
