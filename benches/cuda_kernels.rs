@@ -350,6 +350,7 @@ fn moe_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
         (8, 4096, 1, MoeLayout::Contiguous),
         (8, 4096, 1, MoeLayout::ContiguousWgmma),
         (8, 8, 8, MoeLayout::Masked),
+        (8, 8, 8, MoeLayout::MaskedWgmma),
     ] {
         let assignments = groups * per;
         let rows = assignments / top_k;
@@ -361,6 +362,23 @@ fn moe_benches(c: &mut Criterion, dev: &CudaDevice, entries: &mut Vec<Entry>) {
         let id = format!("{groups}x{per} {layout:?}");
         bench(c, dev, entries, ("moe_experts fp8 7168/2048", id), (flops, bytes), || {
             dev.moe_experts_with(&x, rows, &experts, &idx, &ones, top_k, Some(ScaleFmt::Ue8m0), layout, &mut out)
+                .expect("moe_experts")
+        });
+    }
+    // Decode, as the router spreads it: token t's slot j goes to expert j (each of the 8 experts
+    // gets one assignment per token), on the simple masked GEMM and on the Hopper one.
+    for (tokens, layout) in
+        [(8, MoeLayout::Masked), (8, MoeLayout::MaskedWgmma), (1, MoeLayout::Masked), (1, MoeLayout::MaskedWgmma)]
+    {
+        let top_k = 8;
+        let assignments = tokens * top_k;
+        let ids: Vec<i32> = (0..assignments).map(|a| (a % top_k) as i32).collect();
+        let idx = dev.upload(&ids).expect("idx");
+        let flops = 6.0 * (assignments * HIDDEN * inter) as f64;
+        let bytes = (3 * top_k * HIDDEN * inter + 8 * tokens * HIDDEN) as f64;
+        let id = format!("{tokens} tokens top {top_k} {layout:?}");
+        bench(c, dev, entries, ("moe_experts fp8 7168/2048", id), (flops, bytes), || {
+            dev.moe_experts_with(&x, tokens, &experts, &idx, &ones, top_k, Some(ScaleFmt::Ue8m0), layout, &mut out)
                 .expect("moe_experts")
         });
     }

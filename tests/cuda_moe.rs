@@ -309,8 +309,10 @@ fn moe_shape() -> impl Strategy<Value = ((usize, usize, usize), usize, usize)> {
 
 /// `moe_experts` on both backends for experts of `fmt` (down of `fmt`, or bf16 in one case of
 /// four where `mixed_down`) and activation quantization from `quant`, compared within
-/// [`moe_bound`]. Where the call has at most 64 assignments it runs in both layouts, which must
-/// give the same bits.
+/// [`moe_bound`]. Where the call has at most 64 assignments it runs in both simple layouts, which
+/// must give the same bits; where it took [`MoeLayout::MaskedWgmma`], that is also compared with
+/// the simple masked layout within the sum of both bounds (each is a bound on the distance to the
+/// CPU).
 fn moe_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option<ScaleFmt>>, mixed_down: bool) {
     let Some(dev) = device() else { return };
     let cpu = CpuBackend::new();
@@ -320,7 +322,7 @@ fn moe_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option
         let down_fmt = if mixed_down && down_pick == 0 { WeightFmt::Bf16 } else { fmt };
         let (hosts, values) = random_experts(&mut rng, n_experts, (dims.1, dims.2), fmt, down_fmt);
         let c = random_case(&mut rng, dims, n_experts, top_k, distinct);
-        let (got, layout) = gpu_moe(dev, &hosts, &c, quant)?;
+        let (got, layout, simple) = gpu_moe(dev, &hosts, &c, quant)?;
 
         let experts = cpu.load_experts(&hosts).expect("cpu load_experts");
         let mut want = tensor(c.rows, c.hidden, vec![0.0; c.rows * c.hidden]);
@@ -333,24 +335,42 @@ fn moe_matches_cpu(op: &str, fmt: WeightFmt, quant: impl Strategy<Value = Option
         let fp8 = |f: WeightFmt| matches!(f, WeightFmt::Fp8);
         let x_quant = quant.filter(|_| fp8(fmt));
         let h_quant = quant.filter(|_| fp8(down_fmt));
-        let gemm = if layout == MoeLayout::ContiguousWgmma { wgmma_bound } else { gemm_bound };
-        let bound = moe_bound(&c, &values, x_quant, h_quant, gemm);
+        let wgmma = matches!(layout, MoeLayout::ContiguousWgmma | MoeLayout::MaskedWgmma);
+        let bound = moe_bound(&c, &values, x_quant, h_quant, if wgmma { wgmma_bound } else { gemm_bound });
         let shape = format!(
-            "{} rows [{}] x {n_experts} experts [{} -> {}] top {top_k} {fmt:?}/{down_fmt:?} {quant:?}",
+            "{} rows [{}] x {n_experts} experts [{} -> {}] top {top_k} {fmt:?}/{down_fmt:?} {quant:?} {layout:?}",
             c.rows, c.hidden, c.inter, c.hidden
         );
-        compare(op, &shape, c.hidden, &got, want.data(), |i| bound[i], worst)
+        compare(op, &shape, c.hidden, &got, want.data(), |i| bound[i], worst)?;
+        if let Some(simple) = simple {
+            let simple_bound = moe_bound(&c, &values, x_quant, h_quant, gemm_bound);
+            compare(
+                op,
+                &format!("{shape} vs simple masked"),
+                c.hidden,
+                &got,
+                &simple,
+                |i| bound[i] + simple_bound[i],
+                worst,
+            )?;
+        }
+        Ok(())
     });
 }
 
-/// The GPU's `moe_experts` of `c` and the layout it took; with at most 64 assignments in both
-/// simple layouts, which must agree bit for bit.
+/// What [`gpu_moe`] gives: the output, the layout taken, and the simple masked layout's output
+/// where that layout was [`MoeLayout::MaskedWgmma`].
+type GpuMoe = (Vec<f32>, MoeLayout, Option<Vec<f32>>);
+
+/// The GPU's `moe_experts` of `c`, the layout it took and, where that is
+/// [`MoeLayout::MaskedWgmma`], the simple masked layout's output; with at most 64 assignments
+/// the two simple layouts run and must agree bit for bit.
 fn gpu_moe(
     dev: &CudaDevice,
     hosts: &[HostExpert],
     c: &MoeCase,
     quant: Option<ScaleFmt>,
-) -> Result<(Vec<f32>, MoeLayout), TestCaseError> {
+) -> Result<GpuMoe, TestCaseError> {
     let experts = dev.load_experts(hosts).expect("cuda load_experts");
     let layout = MoeLayout::for_call(c.rows * c.top_k, &experts, quant);
     let (x, idx, w) = (upload(dev, &c.x), upload_ints(dev, &c.idx), upload(dev, &c.weights));
@@ -358,26 +378,33 @@ fn gpu_moe(
     let mut out = upload(dev, &vec![f32::NAN; len]);
     dev.moe_experts(&x, c.rows, &experts, &idx, &w, c.top_k, quant, &mut out).expect("cuda moe_experts");
     let got = download(dev, &out, len);
-    if c.rows * c.top_k <= 64 {
-        let mut other = upload(dev, &vec![f32::NAN; len]);
-        dev.moe_experts_with(&x, c.rows, &experts, &idx, &w, c.top_k, quant, MoeLayout::Contiguous, &mut other)
-            .expect("cuda moe_experts, contiguous");
-        let other = download(dev, &other, len);
-        let same = got.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits());
-        prop_assert!(same, "the masked and the contiguous layouts differ ({} rows, top {})", c.rows, c.top_k);
+    if c.rows * c.top_k > 64 {
+        return Ok((got, layout, None));
     }
-    Ok((got, layout))
+    let with = |layout: MoeLayout| {
+        let mut other = upload(dev, &vec![f32::NAN; len]);
+        dev.moe_experts_with(&x, c.rows, &experts, &idx, &w, c.top_k, quant, layout, &mut other)
+            .expect("cuda moe_experts, other layout");
+        download(dev, &other, len)
+    };
+    let masked = if layout == MoeLayout::Masked { got.clone() } else { with(MoeLayout::Masked) };
+    let contiguous = with(MoeLayout::Contiguous);
+    let same = masked.iter().zip(&contiguous).all(|(a, b)| a.to_bits() == b.to_bits());
+    prop_assert!(same, "the masked and the contiguous layouts differ ({} rows, top {})", c.rows, c.top_k);
+    Ok((got, layout, (layout == MoeLayout::MaskedWgmma).then_some(masked)))
 }
 
-/// The Hopper grouped GEMM's layout against the CPU, on FP8 experts with quantized activations
-/// and hidden and inter multiples of 16 (what it takes), many assignments (prefill), within
-/// [`moe_bound`] on [`wgmma_bound`].
+/// The Hopper grouped GEMM's layouts against the CPU, on FP8 experts with quantized activations
+/// and hidden and inter multiples of 16 (what they take), within [`moe_bound`] on [`wgmma_bound`]:
+/// the contiguous one on few or many assignments, the masked one where there are at most 64
+/// (decode), also against the simple masked layout within the sum of both bounds.
 #[test]
 fn fp8_moe_wgmma_matches_cpu() {
     let Some(dev) = device() else { return };
     let cpu = CpuBackend::new();
     let side = || prop_oneof![3 => (1usize..=10).prop_map(|b| 16 * b), 1 => (9usize..=20).prop_map(|b| 16 * b)];
-    let shape = ((1usize..=200, side(), side()), 1usize..=16, 1usize..=4);
+    let rows = prop_oneof![1 => 1usize..=16, 1 => 1usize..=200];
+    let shape = ((rows, side(), side()), 1usize..=16, 1usize..=4);
     let strategy = (shape, fmt_strategy(), any::<bool>(), any::<u64>());
     run("moe_experts, wgmma", strategy, |((dims, n_experts, top_k), fmt, distinct, seed), worst| {
         let mut rng = Rng(seed);
@@ -386,11 +413,12 @@ fn fp8_moe_wgmma_matches_cpu() {
         let experts = dev.load_experts(&hosts).expect("cuda load_experts");
         let (x, idx, w) = (upload(dev, &c.x), upload_ints(dev, &c.idx), upload(dev, &c.weights));
         let len = c.rows * c.hidden;
-        let mut out = upload(dev, &vec![f32::NAN; len]);
-        let layout = MoeLayout::ContiguousWgmma;
-        dev.moe_experts_with(&x, c.rows, &experts, &idx, &w, top_k, Some(fmt), layout, &mut out)
-            .expect("cuda moe_experts, wgmma");
-        let got = download(dev, &out, len);
+        let with = |layout: MoeLayout| {
+            let mut out = upload(dev, &vec![f32::NAN; len]);
+            dev.moe_experts_with(&x, c.rows, &experts, &idx, &w, top_k, Some(fmt), layout, &mut out)
+                .expect("cuda moe_experts, wgmma");
+            download(dev, &out, len)
+        };
 
         let cpu_experts = cpu.load_experts(&hosts).expect("cpu load_experts");
         let mut want = tensor(c.rows, c.hidden, vec![0.0; len]);
@@ -405,7 +433,32 @@ fn fp8_moe_wgmma_matches_cpu() {
             "{} rows [{}] x {n_experts} experts [{} -> {}] top {top_k} {fmt:?}",
             c.rows, c.hidden, c.inter, c.hidden
         );
-        compare("moe_experts, wgmma", &shape, c.hidden, &got, want.data(), |i| bound[i], worst)
+        let op = "moe_experts, wgmma";
+        compare(
+            op,
+            &format!("{shape} contiguous"),
+            c.hidden,
+            &with(MoeLayout::ContiguousWgmma),
+            want.data(),
+            |i| bound[i],
+            worst,
+        )?;
+        if c.rows * top_k <= 64 {
+            let got = with(MoeLayout::MaskedWgmma);
+            compare(op, &format!("{shape} masked"), c.hidden, &got, want.data(), |i| bound[i], worst)?;
+            let simple = with(MoeLayout::Masked);
+            let simple_bound = moe_bound(&c, &values, Some(fmt), Some(fmt), gemm_bound);
+            compare(
+                op,
+                &format!("{shape} masked vs simple"),
+                c.hidden,
+                &got,
+                &simple,
+                |i| bound[i] + simple_bound[i],
+                worst,
+            )?;
+        }
+        Ok(())
     });
 }
 
@@ -508,9 +561,10 @@ fn moe_experts_marks_bad_ids_and_handles_empty_calls() {
     assert_eq!(download(dev, &out, 4), vec![5.0; 4]);
 }
 
-/// The wgmma layout with out-of-range expert ids: their tokens' rows are NaN and the others are
+/// The wgmma layouts with out-of-range expert ids: their tokens' rows are NaN and the others are
 /// the bits of the good tokens alone (an output row depends only on its activation row and its
-/// expert, whichever tile it lands in). Experts it cannot take are an error.
+/// expert, whichever tile or slot it lands in): the contiguous one over 40 tokens, the masked one
+/// over the first 30 (60 assignments). Experts they cannot take are an error.
 #[test]
 fn moe_wgmma_marks_bad_ids_and_rejects_other_experts() {
     let Some(dev) = device() else { return };
@@ -520,26 +574,37 @@ fn moe_wgmma_marks_bad_ids_and_rejects_other_experts() {
     c.idx[2] = -1;
     c.idx[9] = 4;
     let quant = Some(ScaleFmt::Ue8m0);
-    let layout = MoeLayout::ContiguousWgmma;
     let experts = dev.load_experts(&hosts).expect("cuda load_experts");
     assert!(experts.takes_wgmma(quant) && !experts.takes_wgmma(None));
-    let good: Vec<usize> = (0..40).filter(|&t| t != 1 && t != 4).collect();
-    let pick =
-        |v: &[f32], cols: usize| good.iter().flat_map(|&t| v[t * cols..(t + 1) * cols].to_vec()).collect::<Vec<_>>();
-    let idx_good: Vec<i32> = good.iter().flat_map(|&t| c.idx[t * 2..t * 2 + 2].to_vec()).collect();
-    let mut alone = zeros::<f32>(dev, good.len() * 32);
-    let (xg, ig, wg) = (upload(dev, &pick(&c.x, 32)), upload_ints(dev, &idx_good), upload(dev, &pick(&c.weights, 2)));
-    dev.moe_experts_with(&xg, good.len(), &experts, &ig, &wg, 2, quant, layout, &mut alone)
-        .expect("the good tokens alone");
-    let alone = download(dev, &alone, good.len() * 32);
+    for (layout, tokens) in [(MoeLayout::ContiguousWgmma, 40usize), (MoeLayout::MaskedWgmma, 30)] {
+        let good: Vec<usize> = (0..tokens).filter(|&t| t != 1 && t != 4).collect();
+        let pick = |v: &[f32], cols: usize| {
+            good.iter().flat_map(|&t| v[t * cols..(t + 1) * cols].to_vec()).collect::<Vec<_>>()
+        };
+        let idx_good: Vec<i32> = good.iter().flat_map(|&t| c.idx[t * 2..t * 2 + 2].to_vec()).collect();
+        let mut alone = zeros::<f32>(dev, good.len() * 32);
+        let (xg, ig, wg) =
+            (upload(dev, &pick(&c.x, 32)), upload_ints(dev, &idx_good), upload(dev, &pick(&c.weights, 2)));
+        dev.moe_experts_with(&xg, good.len(), &experts, &ig, &wg, 2, quant, layout, &mut alone)
+            .expect("the good tokens alone");
+        let alone = download(dev, &alone, good.len() * 32);
+        let (x, idx, w) = (
+            upload(dev, &c.x[..tokens * 32]),
+            upload_ints(dev, &c.idx[..tokens * 2]),
+            upload(dev, &c.weights[..tokens * 2]),
+        );
+        let mut out = zeros::<f32>(dev, tokens * 32);
+        dev.moe_experts_with(&x, tokens, &experts, &idx, &w, 2, quant, layout, &mut out).expect("bad ids queue");
+        let got = download(dev, &out, tokens * 32);
+        for t in [1usize, 4] {
+            assert!(got[t * 32..(t + 1) * 32].iter().all(|v| v.is_nan()), "{layout:?}: token {t} has a bad id");
+        }
+        let same = pick(&got, 32).iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{layout:?}: good tokens unchanged");
+    }
+    let layout = MoeLayout::ContiguousWgmma;
     let (x, idx, w) = (upload(dev, &c.x), upload_ints(dev, &c.idx), upload(dev, &c.weights));
     let mut out = zeros::<f32>(dev, 40 * 32);
-    dev.moe_experts_with(&x, 40, &experts, &idx, &w, 2, quant, layout, &mut out).expect("bad ids queue");
-    let got = download(dev, &out, 40 * 32);
-    for t in [1usize, 4] {
-        assert!(got[t * 32..(t + 1) * 32].iter().all(|v| v.is_nan()), "token {t} has a bad id: NaN row");
-    }
-    assert!(pick(&got, 32).iter().zip(&alone).all(|(a, b)| a.to_bits() == b.to_bits()), "good tokens unchanged");
 
     let (bf16, _) = random_experts(&mut rng, 4, (32, 48), WeightFmt::Bf16, WeightFmt::Bf16);
     let bf16 = dev.load_experts(&bf16).expect("cuda load_experts");
@@ -651,10 +716,12 @@ fn moe_experts_rejects_bad_shapes() {
     assert!(dev.moe_experts(&x, 2, &experts, &idx, &w, usize::MAX, q, &mut out).is_err(), "top_k overflows");
     let many = upload_ints(dev, &[0; 66]);
     let (x33, w66, mut out33) = (upload(dev, &[1.0; 132]), upload(dev, &[0.5; 66]), zeros::<f32>(dev, 132));
-    assert!(
-        dev.moe_experts_with(&x33, 33, &experts, &many, &w66, 2, q, MoeLayout::Masked, &mut out33).is_err(),
-        "the masked layout past 64 assignments"
-    );
+    for layout in [MoeLayout::Masked, MoeLayout::MaskedWgmma] {
+        assert!(
+            dev.moe_experts_with(&x33, 33, &experts, &many, &w66, 2, q, layout, &mut out33).is_err(),
+            "{layout:?} past 64 assignments"
+        );
+    }
     dev.moe_experts(&x33, 33, &experts, &many, &w66, 2, q, &mut out33).expect("contiguous past 64 assignments");
     let none = dev.load_experts(&[]).expect("no experts");
     assert!(dev.moe_experts(&x, 2, &none, &idx, &w, 2, q, &mut out).is_err(), "no experts");

@@ -372,13 +372,117 @@ fn grouped_layout_places_every_assignment_once() {
     assert_eq!(at, got.len());
 }
 
+/// Random routings of at most 64 assignments (decode) over 1 to 256 experts, some ids out of
+/// range (-1, n_experts): (n_experts, idx). A small LCG keeps them the same from run to run.
+fn masked_routings() -> Vec<(u32, Vec<i32>)> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |below: u64| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % below
+    };
+    let mut cases = vec![(1, vec![0]), (4, vec![3; 64]), (256, (0..64).collect()), (2, vec![-1, 2, 5])];
+    for _ in 0..200 {
+        let n_experts = [1u32, 3, 8, 64, 256][next(5) as usize];
+        let n = 1 + next(64) as usize;
+        // Few experts in play (hot experts), sometimes an id out of range.
+        let hot = 1 + next(u64::from(n_experts.min(12)));
+        let idx = (0..n)
+            .map(|_| match next(40) {
+                0 => -1,
+                1 => n_experts as i32,
+                _ => ((next(hot) * 7919) % u64::from(n_experts)) as i32,
+            })
+            .collect();
+        cases.push((n_experts, idx));
+    }
+    cases
+}
+
+/// moe_mask's layout built independently: slots in the order of each valid expert's first
+/// appearance, each slot's rows its assignments in order, then empty rows.
+fn masked_layout(n_experts: u32, idx: &[i32]) -> Vec<u64> {
+    let empty = u64::from(u32::MAX);
+    let slots = idx.len().min(n_experts as usize);
+    let mut experts: Vec<i32> = Vec::new();
+    for &e in idx {
+        if e >= 0 && (e as u32) < n_experts && !experts.contains(&e) {
+            experts.push(e);
+        }
+    }
+    let mut words = vec![experts.len() as u64];
+    words.extend((0..slots).map(|s| experts.get(s).map_or(0, |&e| e as u64)));
+    for s in 0..slots {
+        let rows: Vec<u64> = match experts.get(s) {
+            Some(&e) => (0..idx.len()).filter(|&a| idx[a] == e).map(|a| a as u64).collect(),
+            None => Vec::new(),
+        };
+        words.extend((0..64).map(|r| rows.get(r).copied().unwrap_or(empty)));
+    }
+    words
+}
+
+/// moe_mask's body (the header's masked_is_first and masked_place, as the kernel's threads run
+/// them) and masked_row_source over every padded row, on random routings, against the layout
+/// built independently: every valid assignment in exactly one slot row, out-of-range ids in none,
+/// one slot per expert with assignments and none for an empty expert (so no CTA runs for one).
+#[test]
+fn masked_layout_places_every_assignment_once() {
+    let mut program = format!("{HEADER}#include <vector>\nint main() {{\n");
+    for (n_experts, idx) in masked_routings() {
+        let list = idx.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
+        program += &format!(
+            "  {{ const int32_t idx[] = {{{list}}}; const uint32_t n = {}u, E = {n_experts}u;\n    const uint32_t \
+             slots = masked_slots(n, E); std::vector<uint32_t> w(masked_words(slots), 0); std::vector<uint8_t> \
+             first(n);\n    for (uint32_t r = 0; r < slots * 64; ++r) w[masked_row_word(slots, r)] = kMaskedEmpty;\n    \
+             for (uint32_t a = 0; a < n; ++a) first[a] = masked_is_first(idx, E, a) ? 1 : 0;\n    uint32_t active = 0;\n    \
+             for (uint32_t a = 0; a < n; ++a) {{ uint32_t s, r; if (masked_place(idx, first.data(), E, a, s, r)) {{ \
+             w[masked_row_word(slots, s * 64 + r)] = a; if (r == 0) w[masked_expert_word(s)] = idx[a]; }} active += \
+             first[a]; }}\n    w[masked_active_word()] = active;\n    std::printf(\"%zu \", w.size()); for (uint32_t v : w) \
+             std::printf(\"%u \", v);\n    for (uint32_t row = 0; row < slots * 64; ++row) {{ uint32_t a = 0; bool has = \
+             masked_row_source(w.data(), slots, row, a); std::printf(\"%u %u \", has ? 1u : 0u, has ? a : 0u); }} }}\n",
+            idx.len()
+        );
+    }
+    program += "}\n";
+    let Some(out) = host_cpp::run("gemm_masked_layout", &program) else { return };
+    let got = host_cpp::numbers(&out);
+    let mut at = 0;
+    for (n_experts, idx) in masked_routings() {
+        let want = masked_layout(n_experts, &idx);
+        let len = got[at] as usize;
+        assert_eq!(&got[at + 1..at + 1 + len], &want[..], "layout of {idx:?} over {n_experts} experts");
+        at += 1 + len;
+        let slots = idx.len().min(n_experts as usize);
+        let active = want[0] as usize;
+        let mut seen = vec![0u32; idx.len()];
+        for row in 0..slots * 64 {
+            let (has, a) = (got[at] == 1, got[at + 1] as usize);
+            at += 2;
+            let (slot, r) = (row / 64, row % 64);
+            if has {
+                assert!(slot < active, "row {row} of an inactive slot");
+                assert_eq!(u64::from(idx[a] as u32), want[1 + slot], "row {row}: assignment {a} of another expert");
+                seen[a] += 1;
+            } else if slot < active {
+                assert!(r > 0, "slot {slot} of an expert without assignments");
+            }
+        }
+        for (a, &e) in idx.iter().enumerate() {
+            let valid = e >= 0 && (e as u32) < n_experts;
+            assert_eq!(seen[a], u32::from(valid), "assignment {a} (expert {e}) placed {} times", seen[a]);
+        }
+    }
+    assert_eq!(at, got.len());
+}
+
 /// The grouped GEMM's data flow on the host, as `DATA_FLOW` for the dense one: moe_permute's
 /// padded rows (a warp's copy per row), then per tile of the raster scheduler over the device's
 /// m tiles, the expert of the tile, TMA boxes of the padded A and of the stack of all experts'
 /// weights (rows past an expert's n read the next expert's, never stored), the wgmma through the
 /// descriptors and the ISA fragment, promotion with the expert's scales, and the scattered
 /// epilogue; against each assignment's naive product with its expert, exact (small integers,
-/// power-of-two scales), each output row written once.
+/// power-of-two scales), each output row written once. The same in the masked layout (decode):
+/// moe_mask's slots instead of the sort, the tile count and each slot's expert read from them.
 const GROUPED_FLOW: &str = r#"
 #include "sm90/gemm/fp8_gemm.cuh"
 #include <cmath>
@@ -399,7 +503,7 @@ void hw_fragment(unsigned t, unsigned i, unsigned& r, unsigned& c) {
     c = 8 * (i / 4) + 2 * (lane % 4) + (i % 2);
 }
 
-int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsigned n, unsigned k, unsigned grid) {
+int check(bool masked, unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsigned n, unsigned k, unsigned grid) {
     const unsigned E = counts.size(), kbs = div_ceil(k, kBlockK), st = stages(64, bn);
     std::vector<unsigned> off(1, 0), ts(1, 0), sorted;
     for (unsigned c : counts) { off.push_back(off.back() + c); ts.push_back(ts.back() + div_ceil(c, 64)); }
@@ -410,8 +514,35 @@ int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsi
     for (unsigned i = assign; i-- > 1;) { unsigned j = std::rand() % (i + 1); std::swap(idx[i], idx[j]); }
     sorted.assign(assign, 0);
     { std::vector<unsigned> cur(off.begin(), off.end() - 1); for (unsigned a = 0; a < assign; ++a) sorted[cur[idx[a]]++] = a; }
-    const unsigned m_tiles = grouped_m_tiles(assign, E);
-    if (ts[E] > m_tiles) { std::printf("bound\n"); return 1; }
+    // The masked layout: moe_mask's body, thread by thread.
+    const unsigned slots = masked_slots(assign, E);
+    std::vector<uint32_t> words(masked_words(slots), 0);
+    if (masked) {
+        std::vector<int32_t> sidx(idx.begin(), idx.end());
+        std::vector<uint8_t> first(assign);
+        for (unsigned r = 0; r < slots * 64; ++r) words[masked_row_word(slots, r)] = kMaskedEmpty;
+        for (unsigned a = 0; a < assign; ++a) first[a] = masked_is_first(sidx.data(), E, a) ? 1 : 0;
+        for (unsigned a = 0; a < assign; ++a) {
+            unsigned s, r;
+            if (masked_place(sidx.data(), first.data(), E, a, s, r)) {
+                words[masked_row_word(slots, s * 64 + r)] = a;
+                if (r == 0) words[masked_expert_word(s)] = idx[a];
+            }
+            words[masked_active_word()] += first[a];
+        }
+    }
+    const unsigned m_tiles = masked ? slots : grouped_m_tiles(assign, E);
+    const unsigned tiles_m = masked ? words[masked_active_word()] : ts[E];
+    if (tiles_m > m_tiles) { std::printf("bound\n"); return 1; }
+    // The assignment in padded row `row`, as moe_permute and the epilogue find it.
+    auto source = [&](unsigned row, unsigned& a) {
+        if (masked) return masked_row_source(words.data(), slots, row, a);
+        if (row / 64 >= ts[E]) return false;
+        unsigned pos;
+        if (!padded_row_source(off.data(), ts.data(), expert_of_tile(ts.data(), E, row / 64), row, pos)) return false;
+        a = sorted[pos];
+        return true;
+    };
     std::vector<float> x((size_t)tokens * k), sx((size_t)tokens * kbs), w((size_t)E * n * k), sw((size_t)E * div_ceil(n, 128) * kbs);
     for (auto& v : x) v = (float)(std::rand() % 7) - 3.0f;
     for (auto& v : w) v = (float)(std::rand() % 7) - 3.0f;
@@ -422,18 +553,15 @@ int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsi
     const unsigned rows = m_tiles * kGroupedBlockM;
     std::vector<float> pa((size_t)rows * k, 7.0f), psa((size_t)rows * kbs, 7.0f);
     for (unsigned row = 0; row < rows; ++row) {
-        bool has = false; unsigned src = 0;
-        if (row / 64 < ts[E]) {
-            const unsigned e = expert_of_tile(ts.data(), E, row / 64);
-            unsigned pos;
-            if (padded_row_source(off.data(), ts.data(), e, row, pos)) { has = true; src = sorted[pos] / top_k; }
-        }
+        unsigned a = 0;
+        const bool has = source(row, a);
+        const unsigned src = a / top_k;
         for (unsigned c = 0; c < k; ++c) pa[(size_t)row * k + c] = has ? x[(size_t)src * k + c] : 0.0f;
         for (unsigned c = 0; c < kbs; ++c) psa[(size_t)row * kbs + c] = has ? sx[(size_t)src * kbs + c] : 0.0f;
     }
     std::vector<float> out((size_t)assign * n, NAN);
     std::vector<int> writes((size_t)assign * n, 0);
-    const Scheduler sched{ts[E], div_ceil(n, bn)};
+    const Scheduler sched{tiles_m, div_ceil(n, bn)};
     const unsigned base = kSwizzleAtom;
     std::vector<float> smem(base + smem_bytes(64, bn, st), 0.0f), part(bn / 2), acc(128 * (bn / 2));
     for (unsigned cta = 0; cta < grid; ++cta) {
@@ -441,7 +569,7 @@ int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsi
         for (unsigned long long t = cta; t < sched.tiles(); t += grid) {
             unsigned mt, nb;
             sched.tile(t, mt, nb);
-            const unsigned e = expert_of_tile(ts.data(), E, mt);
+            const unsigned e = masked ? words[masked_expert_word(mt)] : expert_of_tile(ts.data(), E, mt);
             const unsigned a_row = mt * 64;
             const int b_row = grouped_box_row(e, n, nb, bn);
             for (auto& v : acc) v = 0.0f;
@@ -477,9 +605,8 @@ int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsi
             for (unsigned th = 0; th < 128; ++th)
                 for (unsigned i = 0; i < bn / 2; ++i) {
                     const unsigned row = a_row + frag_row(th, i), col = nb * bn + frag_col(th, i);
-                    unsigned pos;
-                    if (!padded_row_source(off.data(), ts.data(), e, row, pos) || col >= n) continue;
-                    const unsigned a = sorted[pos];
+                    unsigned a;
+                    if (!source(row, a) || col >= n) continue;
                     out[(size_t)a * n + col] = acc[th * (bn / 2) + i];
                     ++writes[(size_t)a * n + col];
                 }
@@ -496,7 +623,7 @@ int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsi
                 want += dot * sx[(size_t)tok * kbs + kb] * sw[e * sw_stride + (c / 128) * kbs + kb];
             }
             if (writes[(size_t)a * n + c] != 1 || !(out[(size_t)a * n + c] == want)) {
-                if (bad < 3) std::printf("n%u E%u [%u,%u] out[%u,%u] = %g (written %d), want %g\n", bn, E, n, k, a, c, out[(size_t)a * n + c], writes[(size_t)a * n + c], want);
+                if (bad < 3) std::printf("%s n%u E%u [%u,%u] out[%u,%u] = %g (written %d), want %g\n", masked ? "masked" : "grouped", bn, E, n, k, a, c, out[(size_t)a * n + c], writes[(size_t)a * n + c], want);
                 ++bad;
             }
         }
@@ -506,17 +633,23 @@ int check(unsigned bn, const std::vector<unsigned>& counts, unsigned top_k, unsi
 int main() {
     int bad = 0;
     for (unsigned bn : {64u, 128u}) {
-        bad += check(bn, {0, 5, 0, 64, 65, 0, 1}, 2, 70, 144, 3);
-        bad += check(bn, {3, 130}, 1, 200, 48, 2);
-        bad += check(bn, {0, 0, 9}, 3, 129, 272, 5);
-        bad += check(bn, {1, 1, 1, 1, 1, 1, 1, 1}, 4, 64, 128, 1);
+        bad += check(false, bn, {0, 5, 0, 64, 65, 0, 1}, 2, 70, 144, 3);
+        bad += check(false, bn, {3, 130}, 1, 200, 48, 2);
+        bad += check(false, bn, {0, 0, 9}, 3, 129, 272, 5);
+        bad += check(false, bn, {1, 1, 1, 1, 1, 1, 1, 1}, 4, 64, 128, 1);
+        // Decode: at most 64 assignments, one slot per active expert.
+        bad += check(true, bn, {0, 5, 0, 2, 0, 0, 1}, 2, 70, 144, 3);
+        bad += check(true, bn, {64}, 8, 200, 48, 2);
+        bad += check(true, bn, {0, 0, 9}, 3, 129, 272, 5);
+        bad += check(true, bn, std::vector<unsigned>(64, 1), 8, 64, 128, 7);
+        bad += check(true, bn, {1, 1, 1, 1, 1, 1, 1, 1}, 8, 136, 400, 1);
     }
     std::printf("%d\n", bad);
 }
 "#;
 
 #[test]
-fn grouped_data_flow_on_the_host_is_the_naive_expert_gemm() {
+fn grouped_and_masked_data_flows_on_the_host_are_the_naive_expert_gemm() {
     let Some(out) = host_cpp::run("gemm_grouped_flow", GROUPED_FLOW) else { return };
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text.lines().last().map(str::trim), Some("0"), "grouped data flow mismatches:\n{text}");

@@ -571,6 +571,9 @@ typedef struct MoeGemmParams {
 // [64 m_tiles, k] (a_scales [64 m_tiles, ceil(k / 128)]) and B from the stack of all experts'
 // codes [n_experts * n, k] (expert e's block scales at b_scales + e * b_scale_stride). m_tiles
 // bounds tile_starts[n_experts]; n_experts * n is below 2^31; k a multiple of 16.
+// The masked kernels (`flashseek_moe_gemm_wgmma_masked_m64n<block_n>_f32`) read moe_mask's
+// buffer `slots` instead of the sort (fp8_gemm.cuh, "masked layout"): m tile mt < slots[0] is
+// slot mt, m_tiles the number of slots; offsets, tile_starts and sorted are unused.
 typedef struct MoeGemmWgmmaParams {
     const float* a_scales;
     const float* b_scales;
@@ -578,6 +581,7 @@ typedef struct MoeGemmWgmmaParams {
     const unsigned int* offsets;
     const unsigned int* tile_starts;
     const unsigned int* sorted;
+    const unsigned int* slots;
     unsigned long long b_scale_stride;
     unsigned int n_experts;
     unsigned int m_tiles;
@@ -592,7 +596,8 @@ typedef struct MoeGemmWgmmaParams {
 // moe_permute (csrc/sm90/moe/moe.cu): the grouped GEMM's padded activations. Padded row
 // p < 64 m_tiles of m tile mt = p / 64 < tile_starts[n_experts] of expert e gets, where it holds
 // assignment a (see MoeGemmWgmmaParams), row a / a_row_div of codes [.., k] and of scales
-// [.., ceil(k / 128)]; other rows get zero codes and zero scales. k is a multiple of 16.
+// [.., ceil(k / 128)]; other rows get zero codes and zero scales. k is a multiple of 16. With
+// slots set (the masked layout), row p holds assignment a where masked_row_source says so.
 typedef struct MoePermuteParams {
     const unsigned char* codes;
     const float* scales;
@@ -601,11 +606,22 @@ typedef struct MoePermuteParams {
     const unsigned int* offsets;
     const unsigned int* tile_starts;
     const unsigned int* sorted;
+    const unsigned int* slots;
     unsigned int n_experts;
     unsigned int m_tiles;
     unsigned int k;
     unsigned int a_row_div;
 } MoePermuteParams;
+
+// moe_mask (csrc/sm90/moe/moe.cu): the masked layout of the Hopper grouped GEMM (fp8_gemm.cuh,
+// "masked layout") from the n_assign <= FLASHSEEK_MOE_MASKED_MAX ids of idx, into slots
+// [masked_words(min(n_assign, n_experts))]. One block of FLASHSEEK_MOE_MASKED_MAX threads.
+typedef struct MoeMaskParams {
+    const int* idx;
+    unsigned int* slots;
+    unsigned int n_assign;
+    unsigned int n_experts;
+} MoeMaskParams;
 
 // out[t, c] = sum over slots j ascending of weights[t, j] * y[t * top_k + j, c], rounded step by
 // step as the CPU sums (csrc/sm90/moe/moe.cu); 0 when top_k is 0, NaN across the row when one of

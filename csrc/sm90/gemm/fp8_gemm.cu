@@ -15,10 +15,12 @@
 // writing full 32-byte sectors), bounds-checked against m and n, while the producer already
 // loads the next tile.
 //
-// The same core runs two problems: the dense GEMM (`flashseek_fp8_gemm_wgmma_*`, out[m, n]) and
+// The same core runs three problems: the dense GEMM (`flashseek_fp8_gemm_wgmma_*`, out[m, n]) and
 // the grouped GEMM of the routed experts (`flashseek_moe_gemm_wgmma_*`, contiguous layout): m
 // tiles of 64 padded rows of one expert each (moe.cu's sort and permute), B the expert's rows of
-// the stack of all experts, out rows the padded rows or, scattered, the assignments they hold.
+// the stack of all experts, out rows the padded rows or, scattered, the assignments they hold;
+// and the same in the masked layout of decode (`flashseek_moe_gemm_wgmma_masked_*`: one 64-row
+// slot per active expert, moe.cu's moe_mask), differing only in how a tile finds its rows.
 //
 // All index math (layout, scales, scheduler, the grouped layout) is in fp8_gemm.cuh, tested on the
 // host by tests/gemm_index_math.rs; the swizzle, descriptors, fragment map and ring are the common
@@ -107,6 +109,36 @@ struct Grouped {
             return kNoRow;
         }
         return p.scatter != 0 ? p.sorted[pos] : row;
+    }
+};
+
+// The grouped GEMM in the masked layout (decode): m tile mt < slots[0] is slot mt, one active
+// expert's at most 64 assignments (fp8_gemm.cuh, "masked layout"), their count read on the
+// device; the rest as Grouped.
+template <uint32_t BM, uint32_t BN>
+struct MaskedGrouped {
+    static_assert(BM == kGroupedBlockM, "one 64-row slot per active expert");
+    MoeGemmWgmmaParams p;
+    Scheduler sched;
+
+    __device__ MaskedGrouped(const MoeGemmWgmmaParams& params)
+        : p(params), sched{params.slots[masked_active_word()], div_ceil(params.n, BN)} {}
+    __device__ uint32_t n() const { return p.n; }
+    __device__ uint32_t k() const { return p.k; }
+    __device__ Spot spot(uint64_t t) const {
+        uint32_t slot;
+        uint32_t n_block;
+        sched.tile(t, slot, n_block);
+        const uint32_t e = p.slots[masked_expert_word(slot)];
+        return Spot{slot * BM, grouped_box_row(e, p.n, n_block, BN), n_block, e};
+    }
+    __device__ const float* b_scales(const Spot& s) const { return p.b_scales + s.expert * p.b_scale_stride; }
+    __device__ uint32_t out_row(const Spot&, uint32_t row) const {
+        uint32_t a;
+        if (!masked_row_source(p.slots, p.m_tiles, row, a)) {
+            return kNoRow;
+        }
+        return p.scatter != 0 ? a : row;
     }
 };
 
@@ -285,4 +317,16 @@ extern "C" __global__ void __launch_bounds__(threads(64), 1)
     flashseek_moe_gemm_wgmma_m64n64_f32(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                                        const MoeGemmWgmmaParams p) {
     fp8_gemm<64, 64>(&map_a, &map_b, Grouped<64, 64>(p), p.a_scales, p.out);
+}
+
+extern "C" __global__ void __launch_bounds__(threads(64), 1)
+    flashseek_moe_gemm_wgmma_masked_m64n128_f32(const __grid_constant__ CUtensorMap map_a,
+                                               const __grid_constant__ CUtensorMap map_b, const MoeGemmWgmmaParams p) {
+    fp8_gemm<64, 128>(&map_a, &map_b, MaskedGrouped<64, 128>(p), p.a_scales, p.out);
+}
+
+extern "C" __global__ void __launch_bounds__(threads(64), 1)
+    flashseek_moe_gemm_wgmma_masked_m64n64_f32(const __grid_constant__ CUtensorMap map_a,
+                                              const __grid_constant__ CUtensorMap map_b, const MoeGemmWgmmaParams p) {
+    fp8_gemm<64, 64>(&map_a, &map_b, MaskedGrouped<64, 64>(p), p.a_scales, p.out);
 }

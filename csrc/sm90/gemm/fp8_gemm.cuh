@@ -238,5 +238,86 @@ FLASHSEEK_HOST_DEVICE constexpr int32_t grouped_box_row(uint32_t e, uint32_t n, 
     return static_cast<int32_t>(e * n + n_block * block_n);
 }
 
+// The grouped GEMM of the routed experts, masked layout (decode: at most 64 assignments, so one
+// 64-row m tile, a "slot", per active expert). moe.cu's moe_mask writes one buffer of words:
+// [0] the number of active experts (experts with at least one valid assignment), then the
+// expert of each of `slots` = masked_slots(assignments, n_experts) slots, then 64 rows per slot,
+// each an assignment id or kMaskedEmpty. Slots follow the experts' first appearance in idx and
+// rows the assignments' order, so the layout is a pure function of idx (no atomics). The GEMM
+// runs the tiles (slot < active, n block): no CTA for an empty expert. A's padded row
+// 64 slot + r holds the activation row of the assignment in that slot row (moe_permute).
+constexpr uint32_t kMaskedEmpty = 0xffffffffu;
+
+FLASHSEEK_HOST_DEVICE constexpr uint32_t masked_slots(uint32_t assignments, uint32_t n_experts) {
+    return assignments < n_experts ? assignments : n_experts;
+}
+
+FLASHSEEK_HOST_DEVICE constexpr uint32_t masked_active_word() {
+    return 0;
+}
+
+FLASHSEEK_HOST_DEVICE constexpr uint32_t masked_expert_word(uint32_t slot) {
+    return 1 + slot;
+}
+
+FLASHSEEK_HOST_DEVICE constexpr uint64_t masked_row_word(uint32_t slots, uint32_t row) {
+    return 1 + static_cast<uint64_t>(slots) + row;
+}
+
+FLASHSEEK_HOST_DEVICE constexpr uint64_t masked_words(uint32_t slots) {
+    return masked_row_word(slots, slots * kGroupedBlockM);
+}
+
+FLASHSEEK_HOST_DEVICE constexpr bool masked_valid(int32_t e, uint32_t n_experts) {
+    return e >= 0 && static_cast<uint32_t>(e) < n_experts;
+}
+
+// Whether assignment a is the first of its (valid) expert in idx.
+FLASHSEEK_HOST_DEVICE inline bool masked_is_first(const int32_t* idx, uint32_t n_experts, uint32_t a) {
+    if (!masked_valid(idx[a], n_experts)) {
+        return false;
+    }
+    for (uint32_t b = 0; b < a; ++b) {
+        if (idx[b] == idx[a]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// The slot and slot row of assignment a (false for an out-of-range id), given first[b] =
+// masked_is_first(idx, n_experts, b) for b < a: the slot is the number of experts whose first
+// assignment precedes its expert's first, the row the number of its expert's assignments before a.
+FLASHSEEK_HOST_DEVICE inline bool masked_place(const int32_t* idx, const uint8_t* first, uint32_t n_experts,
+                                               uint32_t a, uint32_t& slot, uint32_t& row) {
+    if (!masked_valid(idx[a], n_experts)) {
+        return false;
+    }
+    uint32_t first_of_expert = a;
+    row = 0;
+    for (uint32_t b = a; b-- > 0;) {
+        if (idx[b] == idx[a]) {
+            first_of_expert = b;
+            ++row;
+        }
+    }
+    slot = 0;
+    for (uint32_t b = 0; b < first_of_expert; ++b) {
+        slot += first[b] != 0 ? 1u : 0u;
+    }
+    return true;
+}
+
+// The assignment in padded row `row` of the masked layout (buffer `words` of `slots` slots), or
+// false for a padding row or a row of an inactive slot.
+FLASHSEEK_HOST_DEVICE inline bool masked_row_source(const uint32_t* words, uint32_t slots, uint32_t row,
+                                                    uint32_t& assignment) {
+    if (row / kGroupedBlockM >= words[masked_active_word()] || row >= slots * kGroupedBlockM) {
+        return false;
+    }
+    assignment = words[masked_row_word(slots, row)];
+    return assignment != kMaskedEmpty;
+}
+
 }  // namespace fp8_gemm
 }  // namespace flashseek

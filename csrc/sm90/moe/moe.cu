@@ -142,7 +142,8 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MOE_THREADS) flashseek_mo
     }
 }
 
-// The grouped Hopper GEMM's padded activations (fp8_gemm.cuh, "grouped"): a warp per padded row
+// The grouped Hopper GEMM's padded activations (fp8_gemm.cuh, "grouped", or with slots the
+// "masked layout"): a warp per padded row
 // copies its assignment's row of codes (16 bytes a lane at a time: k is a multiple of 16 and
 // rows start 16-aligned) and of scales, or writes zeros for a padding row.
 extern "C" __global__ void __launch_bounds__(FLASHSEEK_MOE_PERMUTE_THREADS)
@@ -157,7 +158,13 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MOE_PERMUTE_THREADS)
     }
     bool has = false;
     unsigned src = 0;
-    if (row / kGroupedBlockM < p.tile_starts[p.n_experts]) {
+    if (p.slots != nullptr) {
+        unsigned a;
+        if (masked_row_source(p.slots, p.m_tiles, row, a)) {
+            has = true;
+            src = a / p.a_row_div;
+        }
+    } else if (row / kGroupedBlockM < p.tile_starts[p.n_experts]) {
         const unsigned e = expert_of_tile(p.tile_starts, p.n_experts, row / kGroupedBlockM);
         unsigned pos;
         if (padded_row_source(p.offsets, p.tile_starts, e, row, pos)) {
@@ -174,5 +181,42 @@ extern "C" __global__ void __launch_bounds__(FLASHSEEK_MOE_PERMUTE_THREADS)
     const unsigned blocks = (p.k + FLASHSEEK_FP8_GROUP - 1) / FLASHSEEK_FP8_GROUP;
     for (unsigned c = lane; c < blocks; c += kWarp) {
         p.out_scales[static_cast<size_t>(row) * blocks + c] = has ? p.scales[static_cast<size_t>(src) * blocks + c] : 0.0f;
+    }
+}
+
+// The masked layout (fp8_gemm.cuh, "masked layout"): thread a places assignment a from idx in
+// shared memory. The padding rows are marked empty before the barrier after which the placed
+// rows are written, so a placed row is never overwritten.
+extern "C" __global__ void __launch_bounds__(FLASHSEEK_MOE_MASKED_MAX) flashseek_moe_mask_f32(const MoeMaskParams p) {
+    using namespace flashseek::fp8_gemm;
+    __shared__ int s_idx[FLASHSEEK_MOE_MASKED_MAX];
+    __shared__ uint8_t s_first[FLASHSEEK_MOE_MASKED_MAX];
+    const unsigned slots = masked_slots(p.n_assign, p.n_experts);
+    for (unsigned r = threadIdx.x; r < slots * kGroupedBlockM; r += FLASHSEEK_MOE_MASKED_MAX) {
+        p.slots[masked_row_word(slots, r)] = kMaskedEmpty;
+    }
+    const unsigned a = threadIdx.x;
+    if (a < p.n_assign) {
+        s_idx[a] = p.idx[a];
+    }
+    __syncthreads();
+    if (a < p.n_assign) {
+        s_first[a] = masked_is_first(s_idx, p.n_experts, a) ? 1 : 0;
+    }
+    __syncthreads();
+    unsigned slot;
+    unsigned row;
+    if (a < p.n_assign && masked_place(s_idx, s_first, p.n_experts, a, slot, row)) {
+        p.slots[masked_row_word(slots, slot * kGroupedBlockM + row)] = a;
+        if (row == 0) {
+            p.slots[masked_expert_word(slot)] = static_cast<unsigned>(s_idx[a]);
+        }
+    }
+    if (threadIdx.x == 0) {
+        unsigned active = 0;
+        for (unsigned b = 0; b < p.n_assign; ++b) {
+            active += s_first[b];
+        }
+        p.slots[masked_active_word()] = active;
     }
 }

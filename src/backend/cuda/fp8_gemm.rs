@@ -34,6 +34,11 @@ impl WgmmaKernels {
         Self::load(load, "moe_gemm_wgmma", &GemmTiles::GROUPED)
     }
 
+    /// The grouped experts' kernels in the masked layout, one per shape of [`GemmTiles::GROUPED`].
+    pub(super) fn masked(load: impl Fn(&str) -> Result<CudaFunction>) -> Result<Self> {
+        Self::load(load, "moe_gemm_wgmma_masked", &GemmTiles::GROUPED)
+    }
+
     /// Loads `<prefix>_<tiles>` for each shape through `load` and raises each one's dynamic
     /// shared-memory limit.
     fn load(load: impl Fn(&str) -> Result<CudaFunction>, prefix: &str, shapes: &[GemmTiles]) -> Result<Self> {

@@ -74,6 +74,7 @@ unsafe impl DeviceRepr for params::MoeGemmParams {}
 unsafe impl DeviceRepr for params::MoeCombineParams {}
 unsafe impl DeviceRepr for params::MoeGemmWgmmaParams {}
 unsafe impl DeviceRepr for params::MoePermuteParams {}
+unsafe impl DeviceRepr for params::MoeMaskParams {}
 
 // Every kernel file of `csrc/`, compiled for sm_90a only: no PTX to JIT at run time.
 include!(concat!(env!("OUT_DIR"), "/cubins.rs"));
@@ -141,6 +142,8 @@ struct Kernels {
     moe_gemm_we4m3: CudaFunction,
     moe_permute: CudaFunction,
     moe_gemm_wgmma: fp8_gemm::WgmmaKernels,
+    moe_mask: CudaFunction,
+    moe_gemm_wgmma_masked: fp8_gemm::WgmmaKernels,
 }
 
 /// One GPU with the kernels loaded; work runs in order on its default stream.
@@ -227,6 +230,8 @@ impl CudaDevice {
             moe_gemm_we4m3: load("moe_gemm_we4m3")?,
             moe_permute: load("moe_permute")?,
             moe_gemm_wgmma: fp8_gemm::WgmmaKernels::grouped(load)?,
+            moe_mask: load("moe_mask")?,
+            moe_gemm_wgmma_masked: fp8_gemm::WgmmaKernels::masked(load)?,
         };
         Self::init_indexer_fp8(&kernels.indexer_logits_fp8, &kernels.indexer_topk_fp8)?;
         raise_smem_limit(&kernels.mla_decode_fp8, params::FLASHSEEK_MLA_FP8_SMEM as usize, "mla_decode_fp8")?;

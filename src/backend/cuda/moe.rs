@@ -9,7 +9,8 @@
 //! contiguous layout adds three small kernels before the GEMMs that sort the assignments by
 //! expert ([`MoeLayout`]); on FP8 experts it runs the Hopper grouped GEMM
 //! ([`MoeLayout::ContiguousWgmma`], `csrc/sm90/gemm/fp8_gemm.cu`) over a padded, permuted copy of
-//! the activations. Scratch buffers (the sort, the quantized activations, the
+//! the activations, and for decode the same GEMM in the masked layout
+//! ([`MoeLayout::MaskedWgmma`]: one small kernel instead of the sort). Scratch buffers (the sort, the quantized activations, the
 //! intermediate and the experts' outputs) are allocated per call on the stream, as `linear`
 //! allocates its quantized activations.
 
@@ -20,7 +21,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, SyncOnDrop, ValidAsZer
 use super::fp8_gemm::tensor_map;
 use super::gemm::{dim, u16s, Weight};
 use super::params::{
-    MoeCombineParams, MoeGemmParams, MoeGemmWgmmaParams, MoePermuteParams, MoeSortParams, RouteParams,
+    MoeCombineParams, MoeGemmParams, MoeGemmWgmmaParams, MoeMaskParams, MoePermuteParams, MoeSortParams, RouteParams,
     FLASHSEEK_GEMM_THREADS, FLASHSEEK_GEMM_TILE, FLASHSEEK_MOE_MASKED_MAX, FLASHSEEK_MOE_PERMUTE_THREADS,
     FLASHSEEK_MOE_SCAN_THREADS, FLASHSEEK_MOE_THREADS, FLASHSEEK_ROUTE_MAX_EXPERTS, FLASHSEEK_ROUTE_THREADS,
 };
@@ -113,6 +114,13 @@ pub enum MoeLayout {
     /// each assignment's row back in place. Only where [`CudaExperts::takes_wgmma`];
     /// [`CudaDevice::moe_experts`] takes it there for more than 64 assignments.
     ContiguousWgmma,
+    /// The Hopper grouped GEMM for at most 64 assignments (decode): no sort; one small kernel
+    /// (moe_mask) gives each expert with assignments one 64-row slot, in the order of their first
+    /// appearance in `idx`, and writes their number for the GEMM to read, so no block runs for an
+    /// empty expert. The tokens' codes are gathered into the slots' rows, then as
+    /// [`MoeLayout::ContiguousWgmma`]. Only where [`CudaExperts::takes_wgmma`];
+    /// [`CudaDevice::moe_experts`] takes it there for at most 64 assignments.
+    MaskedWgmma,
 }
 
 impl MoeLayout {
@@ -128,13 +136,24 @@ impl MoeLayout {
 
     /// The layout [`CudaDevice::moe_experts`] takes for `assignments` (rows · top_k) of these
     /// experts: [`MoeLayout::for_assignments`], on the Hopper grouped GEMM
-    /// ([`MoeLayout::ContiguousWgmma`]) where that is contiguous and
+    /// ([`MoeLayout::MaskedWgmma`], [`MoeLayout::ContiguousWgmma`]) where
     /// [`CudaExperts::takes_wgmma`].
     pub fn for_call(assignments: usize, experts: &CudaExperts, quant: Option<ScaleFmt>) -> Self {
         match Self::for_assignments(assignments) {
+            MoeLayout::Masked if experts.takes_wgmma(quant) => MoeLayout::MaskedWgmma,
             MoeLayout::Contiguous if experts.takes_wgmma(quant) => MoeLayout::ContiguousWgmma,
             layout => layout,
         }
+    }
+
+    /// Whether this layout takes at most [`FLASHSEEK_MOE_MASKED_MAX`] assignments.
+    fn is_masked(self) -> bool {
+        matches!(self, MoeLayout::Masked | MoeLayout::MaskedWgmma)
+    }
+
+    /// Whether this layout runs the Hopper grouped GEMM.
+    fn is_wgmma(self) -> bool {
+        matches!(self, MoeLayout::MaskedWgmma | MoeLayout::ContiguousWgmma)
     }
 }
 
@@ -173,12 +192,14 @@ impl SortParts {
     }
 }
 
-/// The sort as the Hopper grouped GEMM and moe_permute read it (device addresses), with the
+/// The sort (contiguous) or moe_mask's slots (masked, `slots` not 0) as the Hopper grouped GEMM
+/// and moe_permute read them (device addresses, 0 for those the layout does not use), with the
 /// bound of its m tiles and the padded rows allocated for them (64 per tile).
 struct Padded {
     offsets: u64,
     tile_starts: u64,
     sorted: u64,
+    slots: u64,
     m_tiles: usize,
     padded: usize,
 }
@@ -407,10 +428,10 @@ impl CudaDevice {
         ensure_shape(n_experts > 0 && hidden > 0, OP, || format!("{n_experts} experts of hidden size {hidden}"))?;
         let len = product(rows, hidden, OP)?;
         let n = product(rows, top_k, OP)?;
-        ensure_shape(layout == MoeLayout::Contiguous || n <= FLASHSEEK_MOE_MASKED_MAX as usize, OP, || {
+        ensure_shape(!layout.is_masked() || n <= FLASHSEEK_MOE_MASKED_MAX as usize, OP, || {
             format!("{n} assignments: the masked layout takes at most {FLASHSEEK_MOE_MASKED_MAX}")
         })?;
-        ensure_shape(layout != MoeLayout::ContiguousWgmma || experts.takes_wgmma(quant), OP, || {
+        ensure_shape(!layout.is_wgmma() || experts.takes_wgmma(quant), OP, || {
             format!("the wgmma layout needs FP8 experts, quantized activations and hidden ({hidden}) and inter ({inter}) multiples of 16")
         })?;
         // Assignments, hidden and inter are GEMM dimensions (below 2^31); y holds n * hidden.
@@ -475,12 +496,12 @@ impl CudaDevice {
         const OP: &str = "moe_experts";
         let (n_experts, hidden, inter) = (experts.n_experts, experts.hidden(), experts.inter());
         let n = rows * top_k;
-        if let (MoeLayout::ContiguousWgmma, Some(fmt)) = (layout, quant) {
-            return self.expert_outputs_wgmma(x, rows, experts, idx, top_k, fmt, y);
+        if let (true, Some(fmt)) = (layout.is_wgmma(), quant) {
+            return self.expert_outputs_wgmma(x, rows, experts, idx, top_k, fmt, layout, y);
         }
-        let sort = match layout {
-            MoeLayout::Masked => None,
-            MoeLayout::Contiguous | MoeLayout::ContiguousWgmma => Some(self.sort_assignments(idx, n, n_experts)?),
+        let sort = match layout.is_masked() {
+            true => None,
+            false => Some(self.sort_assignments(idx, n, n_experts)?),
         };
         let (ws_ptr, _ws) = match &sort {
             Some(ws) => {
@@ -491,12 +512,10 @@ impl CudaDevice {
         };
         let parts = sort.as_ref().map(|_| SortParts::new(ws_ptr, n_experts));
         let routing = Routing {
-            masked: layout == MoeLayout::Masked,
-            m_tiles: match layout {
-                MoeLayout::Masked => n_experts,
-                MoeLayout::Contiguous | MoeLayout::ContiguousWgmma => {
-                    n.div_ceil(FLASHSEEK_GEMM_TILE as usize) + n_experts.min(n)
-                }
+            masked: layout.is_masked(),
+            m_tiles: match layout.is_masked() {
+                true => n_experts,
+                false => n.div_ceil(FLASHSEEK_GEMM_TILE as usize) + n_experts.min(n),
             },
             idx: idx_ptr,
             offsets: parts.as_ref().map_or(0, |p| p.offsets),
@@ -566,9 +585,10 @@ impl CudaDevice {
         }
     }
 
-    /// [`CudaDevice::expert_outputs`] on the Hopper grouped GEMM ([`MoeLayout::ContiguousWgmma`]):
-    /// the sort; the tokens quantized and permuted into the padded rows (each expert's
-    /// assignments in 64-row tiles); gate and up into padded rows of g and u; silu_mul and the
+    /// [`CudaDevice::expert_outputs`] on the Hopper grouped GEMM ([`MoeLayout::ContiguousWgmma`],
+    /// [`MoeLayout::MaskedWgmma`]): the sort or the slots; the tokens quantized and permuted into
+    /// the padded rows (each expert's assignments in 64-row tiles); gate and up into padded rows
+    /// of g and u; silu_mul and the
     /// intermediate's quantization over all padded rows (padding rows stay zero: silu(0)·0 and
     /// their codes are 0); down scattered into y's assignment rows. Per row the very operations
     /// of the other layouts, only the GEMMs' accumulation differs.
@@ -581,19 +601,37 @@ impl CudaDevice {
         idx: &CudaSlice<i32>,
         top_k: usize,
         fmt: ScaleFmt,
+        layout: MoeLayout,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
         const OP: &str = "moe_experts";
         let (n_experts, hidden, inter) = (experts.n_experts, experts.hidden(), experts.inter());
         let n = rows * top_k;
-        let sort = self.sort_assignments(idx, n, n_experts)?;
-        let (ws_ptr, _ws) = self.input(&sort, sort.len(), OP, "the sort")?;
-        let parts = SortParts::new(ws_ptr, n_experts);
-        let m_tiles = n.div_ceil(FLASHSEEK_GEMM_TILE as usize) + n_experts.min(n);
+        let ws = match layout.is_masked() {
+            true => self.mask_assignments(idx, n, n_experts)?,
+            false => self.sort_assignments(idx, n, n_experts)?,
+        };
+        let (ws_ptr, _ws) = self.input(&ws, ws.len(), OP, "the routing's layout")?;
+        let m_tiles = match layout.is_masked() {
+            true => n.min(n_experts),
+            false => n.div_ceil(FLASHSEEK_GEMM_TILE as usize) + n_experts.min(n),
+        };
         let padded = product(m_tiles, FLASHSEEK_GEMM_TILE as usize, OP)?;
         dim(padded, OP, "padded rows")?;
-        let pad =
-            Padded { offsets: parts.offsets, tile_starts: parts.tile_starts, sorted: parts.sorted, m_tiles, padded };
+        let pad = match layout.is_masked() {
+            true => Padded { offsets: 0, tile_starts: 0, sorted: 0, slots: ws_ptr, m_tiles, padded },
+            false => {
+                let parts = SortParts::new(ws_ptr, n_experts);
+                Padded {
+                    offsets: parts.offsets,
+                    tile_starts: parts.tile_starts,
+                    sorted: parts.sorted,
+                    slots: 0,
+                    m_tiles,
+                    padded,
+                }
+            }
+        };
 
         let mut codes = self.zeros::<u8>(product(rows, hidden, OP)?.max(1))?;
         let mut scales = self.zeros::<f32>(product(rows, blocks(hidden), OP)?.max(1))?;
@@ -646,6 +684,7 @@ impl CudaDevice {
             offsets: pad.offsets as *const u32,
             tile_starts: pad.tile_starts as *const u32,
             sorted: pad.sorted as *const u32,
+            slots: pad.slots as *const u32,
             n_experts: to_u32(n_experts, OP, "experts")?,
             m_tiles: to_u32(pad.m_tiles, OP, "tiles")?,
             k: to_u32(k, OP, "k")?,
@@ -653,10 +692,11 @@ impl CudaDevice {
         };
         // SAFETY: the warp of padded row r < 64 m_tiles (below 2^31, checked) writes row r of the
         // padded codes and scales (lengths checked); where r holds an assignment a (a position of
-        // the sort below offsets[e + 1] <= the ids it sorted, all below src_rows * a_row_div: the
-        // caller's idx holds src_rows * a_row_div ids) it reads row a / a_row_div < src_rows of
-        // codes and scales. The sort's tiles number at most m_tiles (ceil(n / 64) +
-        // min(n_experts, n)), so every m tile it reads is in the sort's arrays.
+        // the sort below offsets[e + 1] <= the ids it sorted, or moe_mask's slot row, all below
+        // src_rows * a_row_div: the caller's idx holds src_rows * a_row_div ids) it reads row
+        // a / a_row_div < src_rows of codes and scales. The sort's tiles number at most m_tiles
+        // (ceil(n / 64) + min(n_experts, n)), so every m tile it reads is in the sort's arrays;
+        // the masked slots are m_tiles = min(n, n_experts), their buffer masked_words(m_tiles).
         unsafe {
             self.launch(
                 &self.kernels.moe_permute,
@@ -708,6 +748,7 @@ impl CudaDevice {
             offsets: pad.offsets as *const u32,
             tile_starts: pad.tile_starts as *const u32,
             sorted: pad.sorted as *const u32,
+            slots: pad.slots as *const u32,
             b_scale_stride: stack.scale_stride() as u64,
             n_experts: to_u32(n_experts, OP, "experts")?,
             m_tiles: to_u32(pad.m_tiles, OP, "tiles")?,
@@ -715,15 +756,48 @@ impl CudaDevice {
             k: dim(k, OP, "k")?,
             scatter: u32::from(scatter.is_some()),
         };
-        let kernel = self.kernels.moe_gemm_wgmma.get(tiles, OP)?;
+        let kernels = match pad.slots {
+            0 => &self.kernels.moe_gemm_wgmma,
+            _ => &self.kernels.moe_gemm_wgmma_masked,
+        };
+        let kernel = kernels.get(tiles, OP)?;
         // SAFETY: the kernel takes (CUtensorMap, CUtensorMap, MoeGemmWgmmaParams). It runs the
-        // tiles of the sort's m tiles (at most m_tiles: their rows are padded rows, all inside
-        // the padded codes and scales checked above) by the n blocks; the expert of a tile is
-        // below n_experts, whose weights' rows (n_experts * n) and scales (n_experts strides) were
+        // tiles of the sort's m tiles or of the active slots (at most m_tiles: their rows are
+        // padded rows, all inside the padded codes and scales checked above) by the n blocks; the
+        // expert of a tile (the sort's, or the one moe_mask wrote for the slot, from idx's valid
+        // ids) is below n_experts, whose weights' rows (n_experts * n) and scales (n_experts strides) were
         // checked; TMA reads nothing outside the maps' extents. It writes out row = the padded
         // row (< padded) or, scattered, the sorted assignment (< n of the caller's idx, each
         // written once), columns below n: inside out, checked for out_rows * n.
         unsafe { self.launch_wgmma(kernel, OP, tiles, count, [&map_a, &map_b], &p) }
+    }
+
+    /// The masked layout of the `n` (at most 64) assignments of `idx` on the device (moe_mask):
+    /// one buffer of `masked_words(min(n, n_experts))` words (fp8_gemm.cuh, "masked layout").
+    fn mask_assignments(&self, idx: &CudaSlice<i32>, n: usize, n_experts: usize) -> Result<CudaSlice<u32>> {
+        const OP: &str = "moe_experts";
+        ensure_shape(n <= FLASHSEEK_MOE_MASKED_MAX as usize, OP, || {
+            format!("{n} assignments: the masked layout takes at most {FLASHSEEK_MOE_MASKED_MAX}")
+        })?;
+        let slots = n.min(n_experts);
+        let len = 1 + slots + slots * FLASHSEEK_GEMM_TILE as usize;
+        let ws = self.zeros::<u32>(len)?;
+        let (idx_ptr, _idx) = self.input(idx, n, OP, "idx")?;
+        let (ws_ptr, ws_guard) = self.input(&ws, len, OP, "the slots")?;
+        let p = MoeMaskParams {
+            idx: idx_ptr as *const i32,
+            slots: ws_ptr as *mut u32,
+            n_assign: to_u32(n, OP, "assignments")?,
+            n_experts: to_u32(n_experts, OP, "experts")?,
+        };
+        // SAFETY: one block of FLASHSEEK_MOE_MASKED_MAX threads; thread a < n (at most that many,
+        // checked) reads idx[a] (idx holds n ids, checked) and writes words of the buffer's
+        // 1 + slots + 64 slots (allocated so): the count, a slot's expert and a slot row, slots
+        // being below the number of distinct valid ids, at most min(n, n_experts). The buffer
+        // is returned to the caller, who keeps it until the GEMMs are queued.
+        unsafe { self.launch(&self.kernels.moe_mask, OP, 1, FLASHSEEK_MOE_MASKED_MAX, &p)? };
+        drop(ws_guard);
+        Ok(ws)
     }
 
     /// Sorts the `n` assignments of `idx` by expert on the device (moe_count, moe_offsets,
