@@ -17,9 +17,7 @@ use cuda_common::Rng;
 use cuda_common::*;
 use cudarc::driver::CudaSlice;
 use flashseek::backend::cpu::simd::dots;
-use flashseek::backend::cuda::CudaDevice;
-use flashseek::backend::{Backend, CpuBackend, Pages, Queries};
-use flashseek::tensor::IntTensor;
+use flashseek::backend::{Pages, Queries};
 use proptest::prelude::*;
 
 /// Whether the CPU backend scores with the AVX2/FMA `dots` here, the order the kernels follow.
@@ -78,6 +76,23 @@ impl Case {
 
     fn cache_rows(&self) -> usize {
         self.cache.len() / self.dim
+    }
+
+    /// The call's inputs, for the shared reference calls.
+    fn call(&self) -> IndexerCall<'_> {
+        IndexerCall {
+            q: &self.q,
+            weights: &self.weights,
+            rows: self.rows(),
+            heads: self.heads,
+            dim: self.dim,
+            weight_scale: self.weight_scale,
+            cache: &self.cache,
+            cache_rows: self.cache_rows(),
+            queries: self.queries(),
+            pages: self.pages(),
+            k: self.k,
+        }
     }
 
     fn queries(&self) -> Queries<'_> {
@@ -188,41 +203,6 @@ fn random_case(rng: &mut Rng, heads: usize, dim: usize, max_ctx: usize, data: Da
     }
 }
 
-fn cpu_topk(c: &Case) -> flashseek::Result<Vec<i32>> {
-    let (rows, cpu) = (c.rows(), CpuBackend::new());
-    let mut out = IntTensor::<CpuBackend>::from_vec(rows, c.k, vec![0; rows * c.k])?;
-    cpu.indexer_topk(
-        &tensor(rows, c.heads * c.dim, c.q.clone()),
-        &tensor(rows, c.heads, c.weights.clone()),
-        c.weight_scale,
-        &cache_f32(c.cache_rows(), c.dim, c.cache.clone()),
-        c.queries(),
-        c.pages(),
-        &mut out,
-    )?;
-    Ok(out.data().to_vec())
-}
-
-fn gpu_topk(dev: &CudaDevice, c: &Case) -> flashseek::Result<Vec<i32>> {
-    let (q, w, cache) = (upload(dev, &c.q), upload(dev, &c.weights), upload(dev, &c.cache));
-    let mut out = zeros::<i32>(dev, c.rows() * c.k);
-    dev.indexer_topk(
-        &q,
-        c.rows(),
-        &w,
-        c.heads,
-        c.weight_scale,
-        &cache,
-        c.cache_rows(),
-        c.dim,
-        c.queries(),
-        c.pages(),
-        &mut out,
-        c.k,
-    )?;
-    Ok(download(dev, &out, c.rows() * c.k))
-}
-
 /// Every row holds min(k, pos + 1) distinct positions in 0..=pos, ascending, then -1s.
 fn check_shape(c: &Case, got: &[i32]) -> Result<(), TestCaseError> {
     for (i, row) in got.chunks(c.k).enumerate() {
@@ -258,8 +238,8 @@ fn run_cases(op: &str, heads: impl Strategy<Value = (usize, usize)>, max_ctx: im
     let strategy = (heads, max_ctx, data_strategy(), any::<u64>());
     run(op, strategy, |((heads, dim), max_ctx, data, seed), worst| {
         let c = random_case(&mut Rng(seed), heads, dim, max_ctx, data);
-        let got = gpu_topk(dev, &c).map_err(|e| TestCaseError::fail(format!("cuda: {e}")))?;
-        let want = cpu_topk(&c).map_err(|e| TestCaseError::fail(format!("cpu: {e}")))?;
+        let got = gpu_indexer_topk(dev, &c.call()).map_err(|e| TestCaseError::fail(format!("cuda: {e}")))?;
+        let want = cpu_indexer_topk(&c.call()).map_err(|e| TestCaseError::fail(format!("cpu: {e}")))?;
         let mut w = worst.borrow_mut();
         w.cases += 1;
         w.values += got.len();
@@ -299,13 +279,13 @@ fn indexer_topk_ties_go_to_the_earlier_position() {
             let key = rng.values(dim, -1.0, 1.0);
             c.cache = (0..c.cache_rows()).flat_map(|_| key.clone()).collect();
         }
-        let got = gpu_topk(dev, &c).map_err(|e| TestCaseError::fail(format!("cuda: {e}")))?;
+        let got = gpu_indexer_topk(dev, &c.call()).map_err(|e| TestCaseError::fail(format!("cuda: {e}")))?;
         worst.borrow_mut().cases += 1;
         for (i, row) in got.chunks(c.k).enumerate() {
             let want: Vec<i32> = (0..c.k as i32).map(|j| if j <= c.pos[i] as i32 { j } else { -1 }).collect();
             prop_assert_eq!(row, &want[..], "{}: row {}", c.shape(), i);
         }
-        let want = cpu_topk(&c).map_err(|e| TestCaseError::fail(format!("cpu: {e}")))?;
+        let want = cpu_indexer_topk(&c.call()).map_err(|e| TestCaseError::fail(format!("cpu: {e}")))?;
         compare_topk(&c, &got, &want)
     });
 }
@@ -332,8 +312,8 @@ fn indexer_topk_scores_long_contexts_in_chunks() {
         blocks: (0..n_blocks as u32).rev().collect(),
         starts: vec![0, n_blocks as u32],
     };
-    let got = gpu_topk(dev, &c).expect("cuda indexer_topk");
-    let want = cpu_topk(&c).expect("cpu indexer_topk");
+    let got = gpu_indexer_topk(dev, &c.call()).expect("cuda indexer_topk");
+    let want = cpu_indexer_topk(&c.call()).expect("cpu indexer_topk");
     compare_topk(&c, &got, &want).unwrap_or_else(|e| panic!("GPU and CPU differ: {e}"));
     eprintln!("indexer_topk long contexts: {rows} rows of {ctx} positions, k 2048: selections match");
 }
@@ -469,7 +449,7 @@ fn kernel_algorithm_matches_cpu() {
     let strategy = (1usize..=8, 1usize..=128, prop_oneof![1usize..100, 100usize..1500], data_strategy(), any::<u64>());
     run("kernel algorithm", strategy, |(heads, dim, max_ctx, data, seed), worst| {
         let c = random_case(&mut Rng(seed), heads, dim, max_ctx, data);
-        let want = cpu_topk(&c).map_err(|e| TestCaseError::fail(format!("cpu: {e}")))?;
+        let want = cpu_indexer_topk(&c.call()).map_err(|e| TestCaseError::fail(format!("cpu: {e}")))?;
         worst.borrow_mut().cases += 1;
         compare_topk(&c, &kernel_topk(&c), &want)
     });
@@ -562,14 +542,14 @@ fn indexer_topk_rejects_bad_page_tables() {
     for (what, spoil) in bad {
         let mut c = small_case();
         spoil(&mut c);
-        assert!(gpu_topk(dev, &c).is_err(), "cuda: {what}");
-        assert!(cpu_topk(&c).is_err(), "cpu: {what}");
+        assert!(gpu_indexer_topk(dev, &c.call()).is_err(), "cuda: {what}");
+        assert!(cpu_indexer_topk(&c.call()).is_err(), "cpu: {what}");
     }
     let mut c = small_case();
     c.blocks = vec![0, 1, 3];
     c.cache.truncate(14 * c.dim);
-    let got = gpu_topk(dev, &c).expect("cuda: the last page fits up to the last position");
-    let want = cpu_topk(&c).expect("cpu: the last page fits up to the last position");
+    let got = gpu_indexer_topk(dev, &c.call()).expect("cuda: the last page fits up to the last position");
+    let want = cpu_indexer_topk(&c.call()).expect("cpu: the last page fits up to the last position");
     if cpu_is_exact_reference() {
         assert_eq!(got, want);
     }

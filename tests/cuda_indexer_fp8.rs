@@ -25,11 +25,9 @@ use std::cell::RefCell;
 use cuda_common::Rng;
 use cuda_common::*;
 use flashseek::backend::cuda::{CudaDevice, IndexerFp8Input};
-use flashseek::backend::{Backend, CpuBackend, Pages, Queries};
+use flashseek::backend::{Pages, Queries};
 use flashseek::fp8::{e4m3_code, group_scale, ScaleFmt, E4M3_MAX, E4M3_TO_F32};
 use flashseek::kv_layout::{IndexFp8, PAGE};
-use flashseek::tensor::CacheTensor;
-use flashseek::tensor::IntTensor;
 use proptest::prelude::*;
 
 const DIM: usize = 128;
@@ -67,6 +65,23 @@ impl Case {
 
     fn layout(&self) -> IndexFp8 {
         IndexFp8::new(DIM, self.fmt).expect("dim 128")
+    }
+
+    /// The references' inputs: the decoded queries and keys.
+    fn call(&self) -> IndexerCall<'_> {
+        IndexerCall {
+            q: &self.q,
+            weights: &self.weights,
+            rows: self.rows(),
+            heads: self.heads,
+            dim: DIM,
+            weight_scale: self.weight_scale,
+            cache: &self.keys,
+            cache_rows: self.cache_pages * PAGE,
+            queries: self.queries(),
+            pages: self.pages(),
+            k: self.k,
+        }
     }
 
     fn queries(&self) -> Queries<'_> {
@@ -230,41 +245,6 @@ fn input<'a>(c: &'a Case, u: &'a Uploaded) -> IndexerFp8Input<'a> {
     }
 }
 
-fn cpu_topk(c: &Case) -> flashseek::Result<Vec<i32>> {
-    let (rows, cpu) = (c.rows(), CpuBackend::new());
-    let mut out = IntTensor::<CpuBackend>::from_vec(rows, c.k, vec![0; rows * c.k])?;
-    cpu.indexer_topk(
-        &tensor(rows, c.heads * DIM, c.q.clone()),
-        &tensor(rows, c.heads, c.weights.clone()),
-        c.weight_scale,
-        &CacheTensor::<CpuBackend>::from_f32(c.cache_pages * PAGE, DIM, c.keys.clone())?,
-        c.queries(),
-        c.pages(),
-        &mut out,
-    )?;
-    Ok(out.data().to_vec())
-}
-
-fn simple_gpu_topk(dev: &CudaDevice, c: &Case) -> flashseek::Result<Vec<i32>> {
-    let (q, w, keys) = (upload(dev, &c.q), upload(dev, &c.weights), upload(dev, &c.keys));
-    let mut out = zeros::<i32>(dev, c.rows() * c.k);
-    dev.indexer_topk(
-        &q,
-        c.rows(),
-        &w,
-        c.heads,
-        c.weight_scale,
-        &keys,
-        c.cache_pages * PAGE,
-        DIM,
-        c.queries(),
-        c.pages(),
-        &mut out,
-        c.k,
-    )?;
-    Ok(download(dev, &out, c.rows() * c.k))
-}
-
 /// The same positions as `want` in every row but near ties (see the module doc); returns how
 /// many positions differ as near ties.
 fn same_selection(c: &Case, got: &[i32], want: &[i32], what: &str) -> Result<usize, TestCaseError> {
@@ -385,8 +365,8 @@ fn topk_is_the_cpu_selection_but_near_ties() {
             let mut out = zeros::<i32>(dev, c.rows() * c.k);
             dev.indexer_topk_fp8(&input(&c, &u), &mut out, c.k).expect("indexer_topk_fp8");
             let got = download(dev, &out, c.rows() * c.k);
-            let cpu = cpu_topk(&c).expect("cpu indexer_topk");
-            let simple = simple_gpu_topk(dev, &c).expect("simple indexer_topk");
+            let cpu = cpu_indexer_topk(&c.call()).expect("cpu indexer_topk");
+            let simple = gpu_indexer_topk(dev, &c.call()).expect("simple indexer_topk");
             let mut n = near.borrow_mut();
             n.0 += same_selection(&c, &got, &cpu, "vs the CPU")?;
             n.1 += same_selection(&c, &got, &simple, "vs the simple kernel")?;

@@ -21,7 +21,6 @@ use cudarc::driver::CudaSlice;
 use flashseek::backend::cuda::{CacheView, CudaDevice};
 use flashseek::backend::{Backend, CacheFormat, CpuBackend, MlaDims, Pages, Queries};
 use flashseek::kv_layout::LatentFp8;
-use flashseek::tensor::CacheTensor;
 use flashseek::tensor::IntTensor;
 use proptest::prelude::*;
 
@@ -141,7 +140,7 @@ impl Case {
             cpu.cache_write(&mut c, &cache).expect("cpu cache_write");
             c
         } else {
-            CacheTensor::<CpuBackend>::from_f32(slots, 576, decoded.clone()).expect("cpu cache")
+            cache_f32(slots, 576, decoded.clone())
         };
         cpu.mla_decode(
             &tensor(rows, heads * 576, q.clone()),

@@ -7,10 +7,10 @@ use std::sync::OnceLock;
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use flashseek::backend::cuda::CudaDevice;
-use flashseek::backend::CpuBackend;
+use flashseek::backend::{Backend, CpuBackend, Pages, Queries};
 use flashseek::fp8::{ScaleFmt, E4M3_TO_F32};
 use flashseek::model::weights::{HostLinear, HostTensor};
-use flashseek::tensor::{CacheTensor, Tensor};
+use flashseek::tensor::{CacheTensor, IntTensor, Tensor};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -105,6 +105,57 @@ pub fn tensor(rows: usize, cols: usize, data: Vec<f32>) -> Tensor<CpuBackend> {
 /// An f32 cache of the CPU backend.
 pub fn cache_f32(rows: usize, cols: usize, data: Vec<f32>) -> CacheTensor<CpuBackend> {
     CacheTensor::from_f32(rows, cols, data).expect("cpu cache")
+}
+
+/// One `indexer_topk` call over an f32 key cache, for the CPU and the simple CUDA kernel alike.
+pub struct IndexerCall<'a> {
+    pub q: &'a [f32],
+    pub weights: &'a [f32],
+    pub rows: usize,
+    pub heads: usize,
+    pub dim: usize,
+    pub weight_scale: f32,
+    pub cache: &'a [f32],
+    pub cache_rows: usize,
+    pub queries: Queries<'a>,
+    pub pages: Pages<'a>,
+    pub k: usize,
+}
+
+/// The CPU backend's `indexer_topk` of `c`.
+pub fn cpu_indexer_topk(c: &IndexerCall) -> flashseek::Result<Vec<i32>> {
+    let mut out = IntTensor::<CpuBackend>::from_vec(c.rows, c.k, vec![0; c.rows * c.k])?;
+    CpuBackend::new().indexer_topk(
+        &tensor(c.rows, c.heads * c.dim, c.q.to_vec()),
+        &tensor(c.rows, c.heads, c.weights.to_vec()),
+        c.weight_scale,
+        &CacheTensor::from_f32(c.cache_rows, c.dim, c.cache.to_vec())?,
+        c.queries,
+        c.pages,
+        &mut out,
+    )?;
+    Ok(out.data().to_vec())
+}
+
+/// The simple CUDA kernels' `indexer_topk` of `c`.
+pub fn gpu_indexer_topk(dev: &CudaDevice, c: &IndexerCall) -> flashseek::Result<Vec<i32>> {
+    let (q, w, cache) = (upload(dev, c.q), upload(dev, c.weights), upload(dev, c.cache));
+    let mut out = zeros::<i32>(dev, c.rows * c.k);
+    dev.indexer_topk(
+        &q,
+        c.rows,
+        &w,
+        c.heads,
+        c.weight_scale,
+        &cache,
+        c.cache_rows,
+        c.dim,
+        c.queries,
+        c.pages,
+        &mut out,
+        c.k,
+    )?;
+    Ok(download(dev, &out, c.rows * c.k))
 }
 
 // The driver refuses to allocate 0 bytes, and random shapes are sometimes empty: such buffers
