@@ -95,6 +95,17 @@ struct WeightPtrs<'a> {
 }
 
 impl CudaDevice {
+    /// The decode kernels' metadata in one buffer: the rows' positions, then their sequences,
+    /// then the block table's starts and blocks (`mla_decode` and `mla_decode_fp8` read it so).
+    pub(super) fn upload_decode_meta(&self, queries: Queries, pages: Pages) -> Result<CudaSlice<u32>> {
+        let mut meta = Vec::with_capacity(2 * queries.pos.len() + pages.starts.len() + pages.blocks.len());
+        meta.extend_from_slice(queries.pos);
+        meta.extend_from_slice(queries.seq);
+        meta.extend_from_slice(pages.starts);
+        meta.extend_from_slice(pages.blocks);
+        self.upload(&meta)
+    }
+
     fn weight_ptrs<'a>(&'a self, w: &'a CudaLinear, op: &'static str) -> Result<WeightPtrs<'a>> {
         let len = product(w.rows(), w.cols(), op)?;
         let (format, values, guard) = match w.view() {
@@ -379,13 +390,8 @@ impl CudaDevice {
         if n_blocks == 0 || d.kv_lora == 0 {
             return Ok(());
         }
-        let mut meta = Vec::with_capacity(2 * rows + pages.starts.len() + pages.blocks.len());
-        meta.extend_from_slice(queries.pos);
-        meta.extend_from_slice(queries.seq);
-        meta.extend_from_slice(pages.starts);
-        meta.extend_from_slice(pages.blocks);
-        let meta_dev = self.upload(&meta)?;
-        let (meta_ptr, _meta) = self.input(&meta_dev, meta.len(), OP, "metadata")?;
+        let meta_dev = self.upload_decode_meta(queries, pages)?;
+        let (meta_ptr, _meta) = self.input(&meta_dev, meta_dev.len(), OP, "metadata")?;
         // The partials of every (row, head, split), only where the keys are split.
         let parts = if splits > 1 { product(product(rows, d.heads, OP)?, splits, OP)? } else { 0 };
         let mut part_acc = self.zeros::<f32>(product(parts, d.kv_lora, OP)?.max(1))?;

@@ -168,13 +168,8 @@ impl CudaDevice {
         if n_ctas == 0 {
             return Ok(());
         }
-        let mut meta = Vec::with_capacity(2 * rows + pages.starts.len() + pages.blocks.len());
-        meta.extend_from_slice(queries.pos);
-        meta.extend_from_slice(queries.seq);
-        meta.extend_from_slice(pages.starts);
-        meta.extend_from_slice(pages.blocks);
-        let meta_dev = self.upload(&meta)?;
-        let (meta_ptr, _meta) = self.input(&meta_dev, meta.len(), op, "metadata")?;
+        let meta_dev = self.upload_decode_meta(queries, pages)?;
+        let (meta_ptr, _meta) = self.input(&meta_dev, meta_dev.len(), op, "metadata")?;
         let words = plan.words();
         let items_dev = self.upload(&words)?;
         let (items_ptr, _items) = self.input(&items_dev, words.len(), op, "work items")?;
