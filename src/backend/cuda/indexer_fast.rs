@@ -102,14 +102,12 @@ impl CudaDevice {
         ensure_shape(queries.pos.len() == rows && queries.seq.len() == rows, op, || {
             format!("{rows} rows but {} positions and {} sequences", queries.pos.len(), queries.seq.len())
         })?;
-        ensure_shape(layout.dim == FLASHSEEK_INDEXER_FP8_DIM as usize, op, || {
-            format!("index keys of {} (the FP8 kernels take {FLASHSEEK_INDEXER_FP8_DIM})", layout.dim)
-        })?;
-        ensure_shape(heads > 0 && heads <= FLASHSEEK_INDEXER_FP8_HEADS as usize, op, || {
-            format!("{heads} heads (1 to {FLASHSEEK_INDEXER_FP8_HEADS})")
-        })?;
-        ensure_shape(pages.block_size == PAGE, op, || {
-            format!("blocks of {} positions (the FP8 cache's pages hold {PAGE})", pages.block_size)
+        ensure_shape(Self::indexer_fp8_supports(layout, heads, pages.block_size), op, || {
+            format!(
+                "index keys of {}, {heads} heads, blocks of {} positions: the FP8 kernels take keys of \
+                 {FLASHSEEK_INDEXER_FP8_DIM}, 1 to {FLASHSEEK_INDEXER_FP8_HEADS} heads and the FP8 cache's pages of {PAGE}",
+                layout.dim, pages.block_size
+            )
         })?;
         let hd = product(heads, layout.dim, op)?;
         self.input(x.q_codes, product(rows, hd, op)?, op, "q codes").map(drop)?;
